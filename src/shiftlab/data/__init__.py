@@ -1,0 +1,1 @@
+"""Data: in-memory tensor datasets, loaders of real files, shifts, augmentation, episodes."""
