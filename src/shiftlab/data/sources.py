@@ -54,3 +54,7 @@ def load_dataset(
         kind, path = name.split(":", 1)
         return DATASETS.get(kind)(Path(path).expanduser(), split, download)
     return DATASETS.get(name)(resolve_data_dir(data_dir), split, download)
+
+
+# Registration happens on import of the loader modules (they import DATASETS from here).
+from shiftlab.data import embedded, loaders  # noqa: E402,F401

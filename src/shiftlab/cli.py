@@ -1,0 +1,297 @@
+"""The ``shiftlab`` command line: thin; it parses, calls the library and renders."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from shiftlab.errors import ShiftlabError
+from shiftlab.registry import UnknownNameError
+
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    help="shiftlab: domain adaptation, test-time adaptation, few-shot, self-supervised transfer "
+    "and physics-informed networks, from recipes, with seeds and confidence intervals.",
+)
+data_app = typer.Typer(no_args_is_help=True, help="Check and prepare data files.")
+app.add_typer(data_app, name="data")
+
+out = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+REPO_RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+DataDirOpt = typer.Option(None, "--data-dir", help="Data root (default: $SHIFTLAB_DATA, else ~/.cache/shiftlab).")
+
+
+def parse_seeds(text: str | None) -> list[int] | None:
+    """``"0-4"`` -> [0..4]; ``"0,2,5"`` or ``"0 2 5"`` -> [0, 2, 5]."""
+    if text is None:
+        return None
+    seeds: list[int] = []
+    for part in re.split(r"[,\s]+", text.strip()):
+        if not part:
+            continue
+        m = re.fullmatch(r"(\d+)-(\d+)", part)
+        if m:
+            a, b = int(m.group(1)), int(m.group(2))
+            if b < a:
+                raise ShiftlabError(f"--seeds {text!r}: range {part} is empty.")
+            seeds.extend(range(a, b + 1))
+        elif part.isdigit():
+            seeds.append(int(part))
+        else:
+            raise ShiftlabError(f"--seeds {text!r}: expected numbers or ranges like 0-4.")
+    return seeds
+
+
+def _setup_logging(quiet: bool) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=err, show_path=False, show_time=False)],
+        force=True,
+    )
+
+
+@app.command()
+def run(
+    recipe: Path = typer.Argument(..., help="Recipe YAML (see recipes/)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe key: --set train.lr=0.01 (repeatable)."),
+    seeds: str | None = typer.Option(None, "--seeds", help="Seeds: '0 1 2', '0,1,2' or '0-4' (default: the recipe's)."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where run folders go."),
+    data_dir: Path | None = DataDirOpt,
+    download: bool = typer.Option(False, "--download", help="Allow downloading missing datasets."),
+    device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda or mps (default: the recipe's)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue unfinished runs from their checkpoint; skip finished ones."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Run again; earlier folders are kept as backups."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, warnings only."),
+    log: list[str] = typer.Option([], "--log", help="Extra logger: tensorboard or mlflow (repeatable)."),
+) -> None:
+    """Run a recipe for each seed; writes runs/<recipe>/<variant>/seed-<k>/."""
+    from shiftlab.config import load_recipe
+    from shiftlab.experiment.run import Experiment, RunOptions
+
+    _setup_logging(quiet)
+    rec, ov = load_recipe(recipe, set_)
+    opts = RunOptions(
+        runs_dir=runs_dir, data_dir=str(data_dir) if data_dir else None, download=download, device=device,
+        resume=resume, overwrite=overwrite, progress=not quiet, log=tuple(log),
+    )
+    exp = Experiment(rec, ov, opts)
+    results = exp.run(parse_seeds(seeds))
+    table = Table(title=f"{rec.name} ({len(results)} seed(s))")
+    keys = sorted({k for r in results for k in r["metrics"] if k.endswith("acc")})
+    table.add_column("seed")
+    for k in keys:
+        table.add_column(k)
+    for r in results:
+        table.add_row(str(r["seed"]), *(f"{100 * r['metrics'][k]:.2f}" if k in r["metrics"] else "-" for k in keys))
+    out.print(table)
+    out.print(f"Runs in {exp.run_dir(results[0]['seed']).parent}; `shiftlab report {exp.run_dir(results[0]['seed']).parent.parent}` aggregates them.")
+
+
+@app.command()
+def sweep(
+    recipe: Path = typer.Argument(..., help="Recipe YAML."),
+    grid: list[str] = typer.Option([], "--grid", help="KEY=V1,V2,... (repeatable; the product is run)."),
+    set_: list[str] = typer.Option([], "--set", help="Fixed overrides for every run."),
+    seeds: str | None = typer.Option(None, "--seeds", help="Seeds: '0-4', '0,1,2'."),
+    launcher: str = typer.Option("local", "--launcher", help="local (process pool)."),
+    workers: int = typer.Option(1, "--workers", help="Parallel runs for the local launcher."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+    data_dir: Path | None = DataDirOpt,
+    device: str | None = typer.Option(None, "--device"),
+    resume: bool = typer.Option(False, "--resume"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Run the product of --grid values × seeds; then `shiftlab report` the runs folder."""
+    from shiftlab.experiment.launch import expand_grid, launch
+
+    _setup_logging(quiet)
+    jobs = expand_grid(recipe, grid, set_, parse_seeds(seeds))
+    done = launch(
+        jobs, launcher=launcher, workers=workers, runs_dir=runs_dir,
+        data_dir=str(data_dir) if data_dir else None, device=device, resume=resume,
+    )
+    out.print(f"{len(done)} run(s) finished in {runs_dir}. `shiftlab report {runs_dir}` aggregates them.")
+
+
+@app.command("list")
+def list_(
+    kind: str = typer.Argument(..., help="datasets, methods, backbones, shifts or recipes."),
+    as_json: bool = typer.Option(False, "--json", help="JSON: a list of objects with name and summary."),
+) -> None:
+    """List what is registered."""
+    rows = list_entries(kind)
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    table = Table(title=kind)
+    cols = [c for c in ("name", "family", "summary", "paper") if any(c in r for r in rows)]
+    for c in cols:
+        table.add_column(c, overflow="fold")
+    for r in rows:
+        table.add_row(*(str(r.get(c, "")) for c in cols))
+    out.print(table)
+
+
+def list_entries(kind: str) -> list[dict[str, str]]:
+    """Rows for ``shiftlab list KIND``: each has at least ``name`` and ``summary``."""
+    kind = kind.rstrip("s")
+    if kind == "dataset":
+        from shiftlab.data.sources import DATASETS as reg
+    elif kind == "method":
+        from shiftlab.methods import METHODS as reg
+    elif kind == "backbone":
+        from shiftlab.backbones import BACKBONES as reg
+    elif kind == "shift":
+        from shiftlab.data.shifts import SHIFTS as reg
+    elif kind == "recipe":
+        return list_recipes()
+    else:
+        raise ShiftlabError(f"Unknown kind {kind!r}: use datasets, methods, backbones, shifts or recipes.")
+    return [e.as_dict() for e in reg.entries()]
+
+
+def list_recipes() -> list[dict[str, str]]:
+    import yaml
+
+    rows = []
+    if REPO_RECIPES.is_dir():
+        for p in sorted(REPO_RECIPES.rglob("*.yaml")):
+            try:
+                desc = (yaml.safe_load(p.read_text()) or {}).get("description", "")
+            except yaml.YAMLError:
+                desc = "(invalid YAML)"
+            rows.append({"name": str(p.relative_to(REPO_RECIPES.parent)), "summary": str(desc).strip().split("\n")[0]})
+    return rows
+
+
+@app.command()
+def report(
+    path: Path = typer.Argument(..., help="A runs folder, or a benchmarks/results/*.json file."),
+    out_dir: Path | None = typer.Option(None, "--out", help="Where report.md/report.png go (default: PATH)."),
+) -> None:
+    """Aggregate seeds: mean, std and 95% CI (Student t) as Markdown + PNG."""
+    from shiftlab.experiment import report as rep
+
+    if path.is_file() and path.suffix == ".json":
+        out.print(rep.render_benchmark(path), markup=False, highlight=False)
+        return
+    if not path.is_dir():
+        raise ShiftlabError(f"{path} is neither a runs folder nor a benchmark JSON file.")
+    result = rep.report(path, out_dir)
+    out.print(result.markdown, markup=False, highlight=False)
+    out.print(f"Written: {', '.join(str(p) for p in result.files)}")
+
+
+@data_app.command("verify")
+def data_verify(data_dir: Path | None = DataDirOpt) -> None:
+    """Check every known data file under the data root against its checksum."""
+    from shiftlab.data.files import verify_all
+    from shiftlab.data.sources import resolve_data_dir
+
+    root = resolve_data_dir(data_dir)
+    statuses = verify_all(root)
+    table = Table(title=f"data files under {root}")
+    for c in ("file", "status"):
+        table.add_column(c)
+    bad = 0
+    for s in statuses:
+        table.add_row(str(s.path), s.status)
+        bad += s.status not in ("ok", "absent")
+    out.print(table)
+    if bad:
+        raise ShiftlabError(f"{bad} file(s) failed verification under {root}; delete them and fetch them again (--download).")
+
+
+@data_app.command("prepare")
+def data_prepare(
+    name: str = typer.Argument(..., help="mnist_m: generate the 60,000-image MNIST-M training set."),
+    data_dir: Path | None = DataDirOpt,
+    seed: int = typer.Option(0, "--seed"),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Where to write (default: the data root)."),
+) -> None:
+    """Generate derived data (MNIST-M train from MNIST + BSDS500)."""
+    from shiftlab.data.sources import resolve_data_dir
+
+    if name != "mnist_m":
+        raise ShiftlabError(f"Nothing to prepare for {name!r}; `shiftlab data prepare mnist_m` is available.")
+    from shiftlab.data.mnist_m import prepare_mnist_m
+
+    root = resolve_data_dir(data_dir)
+    path = prepare_mnist_m(root, seed=seed, cache_dir=cache_dir)
+    out.print(f"MNIST-M training set written to {path}")
+
+
+@app.command()
+def demo(
+    out_dir: Path = typer.Option(Path("demo_out"), "--out", help="Where the demo writes its runs, table and PNGs."),
+    quick: bool = typer.Option(False, "--quick", help="A shorter demo (for tests)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Train on the embedded digits, evaluate in-domain, on digits_m and under shifts."""
+    from shiftlab.demo import run_demo
+
+    _setup_logging(quiet)
+    result = run_demo(out_dir, quick=quick, progress=not quiet)
+    out.print(result.markdown, markup=False, highlight=False)
+    out.print(f"Figures: {', '.join(str(p) for p in result.figures)} ({result.seconds:.1f} s)")
+
+
+def main() -> None:
+    """Console-script entry point: user errors become one paragraph, not a traceback."""
+    argv = _join_seeds(sys.argv[1:])
+    try:
+        app(args=argv, prog_name="shiftlab")
+    except ShiftlabError as exc:
+        from shiftlab.experiment.run import RunInterrupted
+
+        _error(exc)
+        raise SystemExit(130 if isinstance(exc, RunInterrupted) else 2) from None
+    except UnknownNameError as exc:
+        _error(exc)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        err.print("[bold red]interrupted[/]")
+        raise SystemExit(130) from None
+
+
+def _error(exc: BaseException) -> None:
+    from rich.text import Text
+
+    err.print(Text.assemble(("error: ", "bold red"), str(exc)), highlight=False)
+
+
+def _join_seeds(argv: list[str]) -> list[str]:
+    """Allow ``--seeds 0 1 2`` (several words) by joining them into one value."""
+    outv: list[str] = []
+    i = 0
+    while i < len(argv):
+        outv.append(argv[i])
+        if argv[i] == "--seeds":
+            vals = []
+            i += 1
+            while i < len(argv) and re.fullmatch(r"[\d,\-]+", argv[i]):
+                vals.append(argv[i])
+                i += 1
+            outv.append(",".join(vals))
+            continue
+        i += 1
+    return outv
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Experiments: run a recipe (``run``), dispatch sweeps (``launch``), aggregate results (``report``)."""

@@ -1,0 +1,95 @@
+"""The command line, in-process (fast) and as a real process (Ctrl-C, exit codes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from shiftlab.cli import main, parse_seeds
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["shiftlab", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def test_parse_seeds() -> None:
+    assert parse_seeds("0-3") == [0, 1, 2, 3]
+    assert parse_seeds("0,2,5") == [0, 2, 5]
+    assert parse_seeds("1 4") == [1, 4]
+
+
+@pytest.mark.parametrize("kind", ["datasets", "methods", "backbones", "shifts", "recipes"])
+def test_list_json_has_name_and_summary(kind: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _cli(["list", kind, "--json"], monkeypatch, capsys)
+    assert code == 0
+    rows = json.loads(out)
+    assert rows and all(r["name"] and "summary" in r for r in rows)
+
+
+def test_bad_recipe_key_is_one_paragraph_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    rec = tmp_path / "r.yaml"
+    rec.write_text(yaml.safe_dump({"name": "x", "data": {"source": "digits"}, "trian": {}}))
+    code, _, err = _cli(["run", str(rec), "--runs-dir", str(tmp_path)], monkeypatch, capsys)
+    assert code == 2
+    assert "unknown key 'trian'" in err and "Traceback" not in err
+
+
+def _tiny_recipe(tmp_path: Path, epochs: int) -> Path:
+    rec = tmp_path / "tiny.yaml"
+    rec.write_text(yaml.safe_dump({
+        "name": "tiny-cli",
+        "data": {"source": "digits", "channels": 1, "eval": [{"name": "digits", "split": "test"}]},
+        "backbone": {"name": "mlp", "args": {"hidden": [256, 256]}},
+        "train": {"epochs": epochs, "batch_size": 16},
+    }))
+    return rec
+
+
+def test_run_and_report_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    rec = _tiny_recipe(tmp_path, 1)
+    code, out, err = _cli(["run", str(rec), "--seeds", "0", "1", "--runs-dir", str(tmp_path / "runs"), "-q"], monkeypatch, capsys)
+    assert code == 0, err
+    assert (tmp_path / "runs/tiny-cli/default/seed-1/metrics.json").is_file()
+    code, out, err = _cli(["report", str(tmp_path / "runs")], monkeypatch, capsys)
+    assert code == 0, err
+    assert "digits/test/acc" in out and "| 2 |" in out.replace(" 2 ", " 2 ")
+
+
+def test_ctrl_c_in_a_real_process_then_resume(tmp_path: Path) -> None:
+    """SIGINT mid-run: exit 130, a message naming --resume, the checkpoint intact; resume finishes."""
+    rec = _tiny_recipe(tmp_path, 12)
+    env = {**os.environ, "SHIFTLAB_NO_PROGRESS": "1"}
+    cmd = [sys.executable, "-m", "shiftlab.cli", "run", str(rec), "--runs-dir", str(tmp_path / "runs"), "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    ckpt = tmp_path / "runs/tiny-cli/default/seed-0/checkpoint.json"
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert ckpt.exists(), proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "--resume" in err and "Traceback" not in err
+    assert not (ckpt.parent / "metrics.json").exists()
+    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    epochs = [json.loads(x)["epoch"] for x in (ckpt.parent / "results.jsonl").read_text().splitlines()]
+    assert epochs == list(range(12))
+    assert json.loads((ckpt.parent / "metrics.json").read_text())["selected_epoch"] == 11
