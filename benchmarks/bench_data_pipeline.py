@@ -57,6 +57,7 @@ import os
 import platform
 import shlex
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -373,6 +374,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # a killed run (SIGTERM) still deletes its temporary uncompressed MNIST copy
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     torch.set_num_threads(args.threads)
     warnings.filterwarnings(
         "ignore", message=".*mode.*parameter.*deprecated", category=DeprecationWarning

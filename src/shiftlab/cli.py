@@ -80,26 +80,35 @@ def run(
     log: list[str] = typer.Option([], "--log", help="Extra logger: tensorboard or mlflow (repeatable)."),
 ) -> None:
     """Run a recipe for each seed; writes runs/<recipe>/<variant>/seed-<k>/."""
-    from shiftlab.config import load_recipe
-    from shiftlab.experiment.run import Experiment, RunOptions
+    from shiftlab.config import parse_override
+    from shiftlab.experiment.dispatch import run_recipe
+    from shiftlab.experiment.run import RunOptions
 
     _setup_logging(quiet)
-    rec, ov = load_recipe(recipe, set_)
+    ov = dict(parse_override(o) for o in set_)
     opts = RunOptions(
         runs_dir=runs_dir, data_dir=str(data_dir) if data_dir else None, download=download, device=device,
         resume=resume, overwrite=overwrite, progress=not quiet, log=tuple(log),
     )
-    exp = Experiment(rec, ov, opts)
-    results = exp.run(parse_seeds(seeds))
-    table = Table(title=f"{rec.name} ({len(results)} seed(s))")
-    keys = sorted({k for r in results for k in r["metrics"] if k.endswith("acc")})
+    results = run_recipe(recipe, ov, opts, parse_seeds(seeds))
+    if not results:
+        return
+    name = results[0].get("recipe", recipe.stem)
+    table = Table(title=f"{name} ({len(results)} seed(s))")
+    keys = sorted({k for r in results for k in r["metrics"]})[:8]
     table.add_column("seed")
     for k in keys:
         table.add_column(k)
     for r in results:
-        table.add_row(str(r["seed"]), *(f"{100 * r['metrics'][k]:.2f}" if k in r["metrics"] else "-" for k in keys))
+        table.add_row(str(r["seed"]), *(_fmt_metric(k, r["metrics"].get(k)) for k in keys))
     out.print(table)
-    out.print(f"Runs in {exp.run_dir(results[0]['seed']).parent}; `shiftlab report {exp.run_dir(results[0]['seed']).parent.parent}` aggregates them.")
+    out.print(f"Runs are under {runs_dir / name}; `shiftlab report {runs_dir / name}` aggregates them.")
+
+
+def _fmt_metric(key: str, value: object) -> str:
+    if not isinstance(value, (int, float)):
+        return "-"
+    return f"{100 * value:.2f}" if key.endswith("acc") else f"{value:.4g}"
 
 
 @app.command()

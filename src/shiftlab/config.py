@@ -123,6 +123,7 @@ SELECTION_RULES = {
 class Recipe(_Strict):
     """A whole experiment. See the module docstring for an example."""
 
+    kind: Literal["train"] = "train"
     name: str
     description: str = ""
     data: DataCfg
@@ -232,6 +233,22 @@ def _unwrap_model(ann: Any) -> type[BaseModel] | None:
     return None
 
 
+def read_recipe_mapping(recipe: str | os.PathLike[str] | dict[str, Any]) -> dict[str, Any]:
+    """A recipe file (or dict) as a dict; unreadable files and bad YAML are :class:`RecipeError`."""
+    if isinstance(recipe, dict):
+        return dict(recipe)
+    p = Path(recipe)
+    if not p.is_file():
+        raise RecipeError(f"Recipe file {p} does not exist. `shiftlab list recipes` shows the bundled ones.")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"Recipe {p} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"Recipe {p} must be a YAML mapping at the top level.")
+    return raw
+
+
 def load_recipe(
     path: str | os.PathLike[str] | dict[str, Any], overrides: list[str] | dict[str, Any] | None = None
 ) -> tuple[Recipe, dict[str, Any]]:
@@ -247,19 +264,8 @@ def load_recipe(
     Raises:
         RecipeError: unreadable file, bad YAML, unknown key, wrong type.
     """
-    if isinstance(path, dict):
-        raw, source = path, "<dict>"
-    else:
-        p = Path(path)
-        source = str(p)
-        if not p.is_file():
-            raise RecipeError(f"Recipe file {p} does not exist. `shiftlab list recipes` shows the bundled ones.")
-        try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise RecipeError(f"Recipe {p} is not valid YAML: {exc}") from None
-        if not isinstance(raw, dict):
-            raise RecipeError(f"Recipe {p} must be a YAML mapping at the top level.")
+    raw = read_recipe_mapping(path)
+    source = "<dict>" if isinstance(path, dict) else str(path)
     if isinstance(overrides, dict):
         ov = dict(overrides)
     else:

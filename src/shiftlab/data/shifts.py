@@ -207,7 +207,8 @@ def _shift(
 
     ``blocked``: on CPU, run ``impl`` on consecutive blocks of about ``_CPU_BLOCK`` values
     (cache blocking: each torch op then works in cache instead of streaming the whole
-    batch through memory). Off for shifts whose cost is a Python loop per call.
+    batch through memory). Off for shifts whose cost is a Python loop per call (they block
+    their vectorised parts themselves).
     """
 
     def deco(impl: _Impl) -> ShiftFn:
@@ -220,10 +221,8 @@ def _shift(
             if severity == 0:
                 return x.clone()
             work = _as_work(x)
-            per_block = max(1, _CPU_BLOCK // max(1, work[0].numel()))
-            if blocked and work.device.type == "cpu" and work.shape[0] > per_block:
-                parts = [impl(p, severity, generator, resolved) for p in work.split(per_block)]
-                out = torch.cat(parts)
+            if blocked:
+                out = _blockwise(lambda part: impl(part, severity, generator, resolved), work)
             else:
                 out = impl(work, severity, generator, resolved)
             return out.clamp(0.0, 1.0).to(x.dtype)
@@ -232,6 +231,15 @@ def _shift(
         return shift
 
     return deco
+
+
+def _blockwise(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """``fn(x)`` computed on consecutive blocks of about ``_CPU_BLOCK`` values along dim 0 (on
+    CPU only; one call elsewhere)."""
+    per_block = max(1, _CPU_BLOCK // max(1, x[0].numel()))
+    if x.device.type != "cpu" or x.shape[0] <= per_block:
+        return fn(x)
+    return torch.cat([fn(part) for part in x.split(per_block)])
 
 
 def _check(x: Tensor, severity: int) -> int:
@@ -273,11 +281,15 @@ def _randn(gen: torch.Generator, shape: Sequence[int], like: Tensor) -> Tensor:
     )
 
 
-def _uniform(gen: torch.Generator, shape: Sequence[int], like: Tensor, lo: float, hi: float) -> Tensor:
+def _uniform(
+    gen: torch.Generator, shape: Sequence[int], like: Tensor, lo: float, hi: float
+) -> Tensor:
     return lo + (hi - lo) * _rand(gen, shape, like)
 
 
-def _randint(gen: torch.Generator, lo: int, hi: int, shape: Sequence[int], device: torch.device) -> Tensor:
+def _randint(
+    gen: torch.Generator, lo: int, hi: int, shape: Sequence[int], device: torch.device
+) -> Tensor:
     """Integers in ``[lo, hi)``."""
     return torch.randint(lo, hi, tuple(shape), generator=gen, device=gen.device).to(device)
 
@@ -441,21 +453,18 @@ def _motion_blur(x: Tensor, radius: int, sigma: float, angle_deg: Tensor) -> Ten
     a = torch.deg2rad(angle_deg.to(x.dtype))[:, None]
     dy = -torch.ceil(i * torch.sin(a) - 0.5)  # [B, width]
     dx = -torch.ceil(i * torch.cos(a) - 0.5)
-    inside = ((dy.abs() < h) & (dx.abs() < w)).to(torch.int64).cumprod(dim=1).to(x.dtype)
-    wts = k * inside  # [B, width]
-    dy = dy.long()
-    dx = dx.long()
+    inside = ((dy.abs() < h) & (dx.abs() < w)).to(torch.int64).cumprod(dim=1)
+    wts = (k * inside.to(x.dtype)).T.contiguous()  # [width, B]
+    taps = int(inside.any(dim=0).sum())  # taps still inside the image for some image
     ys = torch.arange(h, device=x.device)
     xs = torch.arange(w, device=x.device)
+    rows = (ys - dy.long().T[:taps, :, None]).clamp_(0, h - 1) * w  # [taps, B, H]
+    cols = (xs - dx.long().T[:taps, :, None]).clamp_(0, w - 1)  # [taps, B, W]
     flat = x.reshape(b, c, h * w)
-    out = torch.zeros_like(flat)
-    for t in range(width):
-        if not bool(wts[:, t].any()):
-            break
-        yy = (ys[None, :] - dy[:, t : t + 1]).clamp_(0, h - 1)  # [B, H]
-        xx = (xs[None, :] - dx[:, t : t + 1]).clamp_(0, w - 1)  # [B, W]
-        idx = (yy[:, :, None] * w + xx[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
-        out.addcmul_(wts[:, t].view(b, 1, 1), flat.gather(2, idx))
+    out = flat * wts[0].view(b, 1, 1)  # tap 0 reads offset (0, 0)
+    for t in range(1, taps):
+        idx = (rows[t, :, :, None] + cols[t, :, None, :]).view(b, 1, h * w).expand(b, c, h * w)
+        out.addcmul_(wts[t].view(b, 1, 1), flat.gather(2, idx))
     return out.view(b, c, h, w)
 
 
@@ -464,7 +473,9 @@ def _motion_blur(x: Tensor, radius: int, sigma: float, angle_deg: Tensor) -> Ten
 # --------------------------------------------------------------------------------------------
 
 
-@_shift("gaussian_noise", summary="additive Gaussian noise (ImageNet-C / CIFAR-10-C)", family="noise")
+@_shift(
+    "gaussian_noise", summary="additive Gaussian noise (ImageNet-C / CIFAR-10-C)", family="noise"
+)
 def gaussian_noise(x: Tensor, severity: int, generator: torch.Generator, table: str) -> Tensor:
     """Additive i.i.d. Gaussian noise per pixel and channel.
 
@@ -475,7 +486,9 @@ def gaussian_noise(x: Tensor, severity: int, generator: torch.Generator, table: 
     return x + c * _randn(generator, x.shape, x)
 
 
-@_shift("shot_noise", summary="Poisson (photon shot) noise (ImageNet-C / CIFAR-10-C)", family="noise")
+@_shift(
+    "shot_noise", summary="Poisson (photon shot) noise (ImageNet-C / CIFAR-10-C)", family="noise"
+)
 def shot_noise(x: Tensor, severity: int, generator: torch.Generator, table: str) -> Tensor:
     """Poisson noise ``Poisson(x * lam) / lam``.
 
@@ -554,53 +567,73 @@ def _glass_shuffle(x: Tensor, delta: int, iterations: int, gen: torch.Generator)
     unchanged. That copy is reproduced here.
 
     Two visits can only interact when both ``|h - h'|`` and ``|w - w'|`` are at most
-    ``2 delta - 1`` (the rows and columns they touch overlap); giving visit ``(h, w)`` the
-    time ``2 delta (h_max - h) + (w_max - w)`` orders every interacting pair as the loop does,
-    and visits sharing a time are at least ``2 delta`` columns apart, so they touch disjoint
-    pixels and each time step is one batched copy. A permutation (source pixel of every
+    ``2 delta - 1`` (the rows and columns they touch overlap); giving visit ``(h, w)`` of
+    pass ``k`` the time ``2 delta (h_max - h) + (w_max - w) + 4 delta^2 k`` orders every
+    interacting pair as the loop does, and visits sharing a time cannot interact, so they
+    touch disjoint pixels and each time step is one batched copy. A permutation (source pixel of every
     pixel) is tracked and applied to all channels with one ``gather`` at the end.
     """
     b, c, h, w = x.shape
-    offsets = _randint(gen, -delta, delta, (iterations, 2, b, h * w), x.device)
-    perm = _glass_permutation(h, w, delta, offsets)
+    pos, _, bounds = _glass_schedule(h, w, delta, iterations)
+    offsets = _randint(gen, -delta, delta, (2, pos.numel(), b), x.device)  # (dy, dx) per step
+    perm = _glass_permutation(h, w, pos.to(x.device), bounds, offsets)
     flat = x.reshape(b, c, h * w)
     return flat.gather(2, perm[:, None, :].expand(b, c, h * w)).view(b, c, h, w)
 
 
-def _glass_permutation(h: int, w: int, delta: int, offsets: Tensor) -> Tensor:
+def _glass_schedule(
+    h: int, w: int, delta: int, iterations: int
+) -> tuple[Tensor, Tensor, list[int]]:
+    """The wavefront schedule of ``_glass_shuffle``.
+
+    Returns:
+        ``pos [steps]`` (flat pixel visited) and ``it [steps]`` (its pass), in schedule
+        order, and ``bounds``: step ``t`` runs visits ``bounds[t]:bounds[t + 1]`` together.
+    """
+    hs = torch.arange(h - delta, delta, -1)
+    ws = torch.arange(w - delta, delta, -1)
+    if hs.numel() == 0 or ws.numel() == 0:
+        empty = torch.zeros(0, dtype=torch.long)
+        return empty, empty, [0]
+    hh, ww = torch.meshgrid(hs, ws, indexing="ij")
+    time = (2 * delta * (hs[0] - hh) + (ws[0] - ww)).flatten()
+    pos = hh.flatten() * w + ww.flatten()
+    # Later passes start while earlier ones are still running: pass k's visit may run once
+    # every interacting visit of pass k - 1 is done, i.e. ``4 delta^2`` steps later (the
+    # largest time gap between interacting visits is (2 delta - 1)(2 delta + 1)).
+    lag = 4 * delta * delta
+    time = torch.cat([time + k * lag for k in range(iterations)])
+    time, order = time.sort(stable=True)
+    bounds = torch.searchsorted(time, torch.arange(int(time[-1]) + 2)).tolist()
+    return pos[order % pos.numel()], order // pos.numel(), bounds
+
+
+def _glass_permutation(h: int, w: int, pos: Tensor, bounds: list[int], offsets: Tensor) -> Tensor:
     """Source pixel of every pixel after the reference's copy loop (see ``_glass_shuffle``).
 
     Args:
         h, w: image size.
-        delta: maximum offset; offsets lie in ``[-delta, delta)``.
-        offsets: ``[iterations, 2, B, h * w]`` integer (dy, dx) used when visiting each
-            (flattened) pixel; entries of pixels that are never visited are ignored.
+        pos, bounds: the schedule of :func:`_glass_schedule`.
+        offsets: ``[2, steps, B]`` integer (dy, dx) of each visit, in schedule order.
 
     Returns:
         ``[B, h * w]`` long: output pixel ``i`` takes input pixel ``perm[:, i]``.
     """
-    iterations, _, b, _ = offsets.shape
-    device = offsets.device
-    perm = torch.arange(h * w, device=device).repeat(b, 1)
-    hs = torch.arange(h - delta, delta, -1)
-    ws = torch.arange(w - delta, delta, -1)
-    if hs.numel() == 0 or ws.numel() == 0:
-        return perm
-    hh, ww = torch.meshgrid(hs, ws, indexing="ij")
-    time = 2 * delta * (hs[0] - hh) + (ws[0] - ww)
-    time, order = time.flatten().sort(stable=True)
-    pos = (hh.flatten() * w + ww.flatten())[order].to(device)
-    bounds = torch.searchsorted(time, torch.arange(int(time[-1]) + 2)).tolist()
-    for it in range(iterations):
-        off = offsets[it][:, :, pos]  # [2, B, n] in schedule order
-        partner = pos[None, :] + off[0] * w + off[1]  # [B, n]
-        for s, e in zip(bounds[:-1], bounds[1:], strict=True):
-            if s < e:
-                perm[:, pos[s:e]] = perm.gather(1, partner[:, s:e])
-    return perm
+    b = offsets.shape[-1]
+    src = torch.arange(h * w, device=offsets.device)[:, None].repeat(1, b)  # pixel-major
+    partner = pos[:, None] + offsets[0] * w + offsets[1]  # [steps, B]
+    for s, e in zip(bounds[:-1], bounds[1:], strict=True):
+        if s < e:  # each step copies whole rows of the pixel-major table
+            src.index_copy_(0, pos[s:e], src.gather(0, partner[s:e]))
+    return src.T.contiguous()
 
 
-@_shift("glass_blur", summary="glass blur: blur, local pixel shuffles, blur (ImageNet-C / CIFAR-10-C)", family="blur", blocked=False)
+@_shift(
+    "glass_blur",
+    summary="glass blur: blur, local pixel shuffles, blur (ImageNet-C / CIFAR-10-C)",
+    family="blur",
+    blocked=False,
+)
 def glass_blur(x: Tensor, severity: int, generator: torch.Generator, table: str) -> Tensor:
     """Gaussian blur, 8-bit truncation, local random pixel moves, Gaussian blur.
 
@@ -616,13 +649,21 @@ def glass_blur(x: Tensor, severity: int, generator: torch.Generator, table: str)
         ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)),
     )
     k = _gauss1d(sigma, 4.0, x)
-    y = _sep_filter(x, k, k, "replicate")
+
+    def blur(t: Tensor) -> Tensor:
+        return _sep_filter(t, k, k, "replicate")
+
+    y = _blockwise(blur, x)
     y = torch.floor(y.clamp(0.0, 1.0) * 255.0) / 255.0  # np.uint8(... * 255) truncates
-    y = _glass_shuffle(y, delta, iterations, generator)
-    return _sep_filter(y, k, k, "replicate")
+    y = _glass_shuffle(y, delta, iterations, generator)  # whole batch: its cost is a loop
+    return _blockwise(blur, y)
 
 
-@_shift("motion_blur", summary="motion blur along a random direction (ImageNet-C / CIFAR-10-C)", family="blur")
+@_shift(
+    "motion_blur",
+    summary="motion blur along a random direction (ImageNet-C / CIFAR-10-C)",
+    family="blur",
+)
 def motion_blur(x: Tensor, severity: int, generator: torch.Generator, table: str) -> Tensor:
     """ImageMagick-style one-sided Gaussian line blur at an angle uniform in [-45, 45] degrees
     per image.
@@ -641,14 +682,50 @@ def motion_blur(x: Tensor, severity: int, generator: torch.Generator, table: str
     return _motion_blur(x, radius, sigma, angle)
 
 
-@_shift("zoom_blur", summary="zoom blur: mean of centred zooms (ImageNet-C / CIFAR-10-C)", family="blur")
+def _zoom_blur_operator(h: int, w: int, zooms: Sequence[float], like: Tensor) -> Tensor:
+    """Sparse ``[h w, h w]`` matrix of ``(x + sum_z zoom_z(x)) / (len(zooms) + 1)`` on
+    flattened images: each zoom is separable bilinear interpolation (4 taps per pixel), so
+    the whole zoom blur is one sparse product (a dozen distinct taps per pixel on average)
+    instead of one resampling pass per zoom factor."""
+    probe = torch.zeros(1, dtype=torch.float64)
+    p = torch.arange(h * w)
+    py, px = p // w, p % w
+    rows, cols, vals = [p], [p], [torch.ones(h * w, dtype=torch.float64)]
+    for z in zooms:
+        taps = []
+        for n, coord in ((h, py), (w, px)):
+            c = _zoom_coords(n, z, probe)
+            lo = c.floor().long().clamp(0, n - 1)
+            frac = c - lo
+            taps.append(
+                ((lo[coord], 1 - frac[coord]), ((lo + 1).clamp(max=n - 1)[coord], frac[coord]))
+            )
+        for ys, wy in taps[0]:
+            for xs, wx in taps[1]:
+                rows.append(p)
+                cols.append(ys * w + xs)
+                vals.append(wy * wx)
+    indices = torch.stack([torch.cat(rows), torch.cat(cols)])
+    values = torch.cat(vals) / (len(zooms) + 1)
+    op = torch.sparse_coo_tensor(indices, values, (h * w, h * w), check_invariants=True)
+    return op.coalesce().to(device=like.device, dtype=like.dtype)
+
+
+@_shift(
+    "zoom_blur",
+    summary="zoom blur: mean of centred zooms (ImageNet-C / CIFAR-10-C)",
+    family="blur",
+    blocked=False,
+)
 def zoom_blur(x: Tensor, severity: int, generator: torch.Generator, table: str) -> Tensor:
     """Average of the image and its centred bilinear zooms by a range of factors.
 
     Factors: ImageNet ``arange(1, 1.11, .01)``, ``(1, 1.16, .01)``, ``(1, 1.21, .02)``,
     ``(1, 1.26, .02)``, ``(1, 1.31, .03)``; CIFAR ``arange(1, 1.06 .. 1.26, .01)``
     (numpy ``arange`` semantics, so the end point is sometimes included, as in the
-    reference). (Hendrycks & Dietterich, ICLR 2019.) ``x: [B, C, H, W]`` -> same shape.
+    reference). Applied as one sparse linear operator on CPU and CUDA (one ``grid_sample``
+    per factor elsewhere). (Hendrycks & Dietterich, ICLR 2019.)
+    ``x: [B, C, H, W]`` -> same shape.
     """
     zooms = _np_arange(
         *_pick(
@@ -658,6 +735,16 @@ def zoom_blur(x: Tensor, severity: int, generator: torch.Generator, table: str) 
             ((1, 1.06, 0.01), (1, 1.11, 0.01), (1, 1.16, 0.01), (1, 1.21, 0.01), (1, 1.26, 0.01)),
         )
     )
+    b, c, h, w = x.shape
+    if x.device.type in ("cpu", "cuda"):
+        op = _zoom_blur_operator(h, w, zooms, x)
+        flat_t = x.reshape(b * c, h * w).T.contiguous()  # [h w, B C]
+        return torch.sparse.mm(op, flat_t).T.reshape(b, c, h, w)
+    return _zoom_blur_dense(x, zooms)
+
+
+def _zoom_blur_dense(x: Tensor, zooms: Sequence[float]) -> Tensor:
+    """The zoom blur with one bilinear ``grid_sample`` per zoom factor."""
     out = x.clone()
     for z in zooms:
         out += _zoom(x, z)
@@ -669,7 +756,11 @@ def zoom_blur(x: Tensor, severity: int, generator: torch.Generator, table: str) 
 # --------------------------------------------------------------------------------------------
 
 
-@_shift("snow", summary="snow: zoomed, motion-blurred snow layers over a whitened image (ImageNet-C / CIFAR-10-C)", family="weather")
+@_shift(
+    "snow",
+    summary="snow: zoomed, motion-blurred snow layers over a whitened image (ImageNet-C / CIFAR-10-C)",
+    family="weather",
+)
 def snow(x: Tensor, severity: int, generator: torch.Generator, table: str) -> Tensor:
     """Snow layer: Gaussian noise ``N(loc, scale)`` zoomed by ``zoom``, thresholded at
     ``thr``, motion-blurred (radius, sigma, angle in [-135, -45] degrees) and 8-bit rounded;
@@ -743,7 +834,9 @@ def _standardise(t: Tensor) -> Tensor:
     return t * torch.rsqrt(t.square().mean(dim=(-2, -1), keepdim=True).clamp_min(1e-16))
 
 
-def _frost_texture(b: int, h: int, w: int, channels: int, table: str, gen: torch.Generator, like: Tensor) -> Tensor:
+def _frost_texture(
+    b: int, h: int, w: int, channels: int, table: str, gen: torch.Generator, like: Tensor
+) -> Tensor:
     """Procedural frost, ``[B, C, H, W]`` in [0, 1]: a smooth fractal plus ridged crystal noise,
     with one of the five ImageNet-C frost photos' colour statistics per image.
 
@@ -767,7 +860,9 @@ def _frost_texture(b: int, h: int, w: int, channels: int, table: str, gen: torch
         between.append(frac)
     mean = torch.tensor(means, dtype=like.dtype, device=like.device)  # [B, 3]
     if channels == 1:
-        mean = (mean * torch.tensor(_GRAY_FROST, dtype=like.dtype, device=like.device)).sum(1, keepdim=True)
+        mean = (mean * torch.tensor(_GRAY_FROST, dtype=like.dtype, device=like.device)).sum(
+            1, keepdim=True
+        )
     total = torch.tensor(totals, dtype=like.dtype, device=like.device)[:, None, None, None]
     rho = torch.tensor(between, dtype=like.dtype, device=like.device)[:, None, None, None]
     smooth = _fractal(b, h, w, 1.2, gen, like)
@@ -780,7 +875,11 @@ def _frost_texture(b: int, h: int, w: int, channels: int, table: str, gen: torch
     return (frost / 255.0).clamp(0.0, 1.0)
 
 
-@_shift("frost", summary="frost: blend with a procedural frost texture (ImageNet-C / CIFAR-10-C)", family="weather")
+@_shift(
+    "frost",
+    summary="frost: blend with a procedural frost texture (ImageNet-C / CIFAR-10-C)",
+    family="weather",
+)
 def frost(x: Tensor, severity: int, generator: torch.Generator, table: str) -> Tensor:
     """``a * x + b * frost`` with a procedurally generated frost texture per image.
 
@@ -828,7 +927,11 @@ def _plasma(b: int, size: int, decay: float, gen: torch.Generator, like: Tensor)
     return m / m.amax(dim=(1, 2), keepdim=True).clamp_min(1e-12)
 
 
-@_shift("fog", summary="fog: additive plasma fractal, contrast reduced (ImageNet-C / CIFAR-10-C)", family="weather")
+@_shift(
+    "fog",
+    summary="fog: additive plasma fractal, contrast reduced (ImageNet-C / CIFAR-10-C)",
+    family="weather",
+)
 def fog(x: Tensor, severity: int, generator: torch.Generator, table: str) -> Tensor:
     """``(x + a * plasma) * m / (m + a)`` with ``m`` the image maximum and a diamond-square
     plasma fractal of wibble decay ``d`` (map size: next power of two of ``max(H, W)``).
@@ -855,7 +958,11 @@ def fog(x: Tensor, severity: int, generator: torch.Generator, table: str) -> Ten
 # --------------------------------------------------------------------------------------------
 
 
-@_shift("brightness", summary="brightness: HSV value increased (ImageNet-C / CIFAR-10-C)", family="digital")
+@_shift(
+    "brightness",
+    summary="brightness: HSV value increased (ImageNet-C / CIFAR-10-C)",
+    family="digital",
+)
 def brightness(x: Tensor, severity: int, generator: torch.Generator, table: str) -> Tensor:
     """Add ``c`` to the HSV value channel (clipped), keeping hue and saturation; for one
     channel, ``x + c``.
@@ -877,7 +984,11 @@ def brightness(x: Tensor, severity: int, generator: torch.Generator, table: str)
     return torch.where(v > 0, x * scale, v_new.expand_as(x))
 
 
-@_shift("contrast", summary="contrast reduction towards the per-channel mean (ImageNet-C / CIFAR-10-C)", family="digital")
+@_shift(
+    "contrast",
+    summary="contrast reduction towards the per-channel mean (ImageNet-C / CIFAR-10-C)",
+    family="digital",
+)
 def contrast(x: Tensor, severity: int, generator: torch.Generator, table: str) -> Tensor:
     """``(x - mean) * c + mean`` with the per-image, per-channel mean.
 
@@ -945,7 +1056,11 @@ def _elastic_cifar(x: Tensor, severity: int, gen: torch.Generator) -> Tensor:
     return _remap(y, disp[:, 1], disp[:, 0])
 
 
-@_shift("elastic_transform", summary="elastic transform: smoothed random displacement field (ImageNet-C / CIFAR-10-C)", family="digital")
+@_shift(
+    "elastic_transform",
+    summary="elastic transform: smoothed random displacement field (ImageNet-C / CIFAR-10-C)",
+    family="digital",
+)
 def elastic_transform(x: Tensor, severity: int, generator: torch.Generator, table: str) -> Tensor:
     """Resample along a smoothed random displacement field (``grid_sample``).
 
@@ -982,7 +1097,11 @@ def _nearest_index(n_small: int, n_big: int, device: torch.device) -> Tensor:
     return torch.floor((i + 0.5) * (n_small / n_big)).long().clamp(max=n_small - 1).to(device)
 
 
-@_shift("pixelate", summary="pixelate: box down-sampling then nearest up-sampling (ImageNet-C / CIFAR-10-C)", family="digital")
+@_shift(
+    "pixelate",
+    summary="pixelate: box down-sampling then nearest up-sampling (ImageNet-C / CIFAR-10-C)",
+    family="digital",
+)
 def pixelate(x: Tensor, severity: int, generator: torch.Generator, table: str) -> Tensor:
     """Down-sample to ``int(c H) x int(c W)`` with PIL's BOX filter, up-sample back with
     NEAREST (ImageNet) or BOX (CIFAR; identical to nearest when up-sampling).
@@ -1001,7 +1120,12 @@ def pixelate(x: Tensor, severity: int, generator: torch.Generator, table: str) -
     )
 
 
-@_shift("jpeg_compression", summary="JPEG compression artefacts (ImageNet-C / CIFAR-10-C)", family="digital", blocked=False)
+@_shift(
+    "jpeg_compression",
+    summary="JPEG compression artefacts (ImageNet-C / CIFAR-10-C)",
+    family="digital",
+    blocked=False,
+)
 def jpeg_compression(x: Tensor, severity: int, generator: torch.Generator, table: str) -> Tensor:
     """Encode and decode as JPEG (libjpeg via ``torchvision.io``, 8-bit, on CPU).
 
@@ -1025,15 +1149,27 @@ def jpeg_compression(x: Tensor, severity: int, generator: torch.Generator, table
 # --------------------------------------------------------------------------------------------
 
 
-@_shift("awgn", summary="additive white Gaussian noise, sigma .05/.1/.2/.3/.5, clipped", family="seed-shift", paper=_SEED_PAPER)
+@_shift(
+    "awgn",
+    summary="additive white Gaussian noise, sigma .05/.1/.2/.3/.5, clipped",
+    family="seed-shift",
+    paper=_SEED_PAPER,
+)
 def _awgn_shift(x: Tensor, severity: int, generator: torch.Generator, table: str) -> Tensor:
     """Additive white Gaussian noise with sigma 0.05, 0.1, 0.2, 0.3, 0.5 for severities 1..5,
     clipped to [0, 1]; ``table`` is ignored. See :func:`awgn` for an explicit sigma."""
     return awgn(x, _AWGN_SIGMAS[severity - 1], generator)
 
 
-@_shift("gaussian_blur", summary="Gaussian blur, sigma .5/1/1.5/2/3 px", family="seed-shift", paper=_SEED_PAPER)
-def _gaussian_blur_shift(x: Tensor, severity: int, generator: torch.Generator, table: str) -> Tensor:
+@_shift(
+    "gaussian_blur",
+    summary="Gaussian blur, sigma .5/1/1.5/2/3 px",
+    family="seed-shift",
+    paper=_SEED_PAPER,
+)
+def _gaussian_blur_shift(
+    x: Tensor, severity: int, generator: torch.Generator, table: str
+) -> Tensor:
     """Gaussian blur with sigma 0.5, 1, 1.5, 2, 3 pixels for severities 1..5; ``table`` is
     ignored. See :func:`gaussian_blur` for an explicit sigma."""
     return gaussian_blur(x, _BLUR_SIGMAS[severity - 1])

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shiftlab.config import load_recipe, parse_override
+from shiftlab.config import apply_overrides, load_recipe, parse_override
 from shiftlab.errors import RecipeError, ShiftlabError
+from shiftlab.experiment.dispatch import read_raw, recipe_kind
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,13 @@ def expand_grid(
     jobs: list[Job] = []
     for combo in itertools.product(*axes) if axes else [()]:
         ov = dict(fixed_ov + list(combo))
-        rec, _ = load_recipe(recipe, ov)  # fail before anything runs
-        for seed in seeds if seeds is not None else rec.seeds:
+        raw = read_raw(recipe)
+        if recipe_kind(raw) == "train":
+            rec, _ = load_recipe(recipe, ov)  # fail before anything runs
+            default_seeds = rec.seeds
+        else:
+            default_seeds = apply_overrides(raw, ov).get("seeds", [0])
+        for seed in seeds if seeds is not None else default_seeds:
             jobs.append(Job(str(recipe), tuple(sorted(ov.items())), seed))
     if not jobs:
         raise RecipeError("The sweep is empty: give --grid values and/or --seeds.")
@@ -52,11 +58,11 @@ def expand_grid(
 
 
 def _run_job(job: Job, runs_dir: str, data_dir: str | None, device: str | None, resume: bool) -> dict[str, Any]:
-    from shiftlab.experiment.run import Experiment, RunOptions
+    from shiftlab.experiment.dispatch import run_recipe
+    from shiftlab.experiment.run import RunOptions
 
-    rec, ov = load_recipe(job.recipe, dict(job.overrides))
     opts = RunOptions(runs_dir=Path(runs_dir), data_dir=data_dir, device=device, resume=resume, progress=False)
-    return Experiment(rec, ov, opts).run_seed(job.seed)
+    return run_recipe(job.recipe, dict(job.overrides), opts, [job.seed])[0]
 
 
 def launch(

@@ -1,0 +1,50 @@
+"""Dispatch a recipe to the runner of its ``kind``.
+
+Every recipe kind writes the same run-folder format, so ``shiftlab report`` and the sweep
+launchers treat them alike:
+
+* ``train`` (default): supervised and domain-adaptation training (:mod:`shiftlab.experiment.run`);
+* ``fewshot``: episodic meta-training and few-shot evaluation;
+* ``pinn``: physics-informed ODE solvers.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from shiftlab.config import read_recipe_mapping as read_raw
+from shiftlab.errors import RecipeError
+from shiftlab.experiment.run import Experiment, RunOptions
+
+KINDS = ("train", "fewshot", "pinn")
+
+
+def recipe_kind(raw: dict[str, Any]) -> str:
+    kind = raw.get("kind", "train")
+    if kind not in KINDS:
+        raise RecipeError(f"Unknown recipe kind {kind!r}; use one of: {', '.join(KINDS)}.")
+    return kind
+
+
+def run_recipe(
+    recipe: str | os.PathLike[str] | dict[str, Any],
+    overrides: dict[str, Any],
+    options: RunOptions,
+    seeds: list[int] | None = None,
+) -> list[dict[str, Any]]:
+    """Run ``recipe`` (a file or dict) with ``overrides`` for ``seeds``; returns each ``metrics.json``."""
+    raw = read_raw(recipe)
+    kind = recipe_kind(raw)
+    if kind == "train":
+        from shiftlab.config import load_recipe
+
+        rec, ov = load_recipe(raw if isinstance(recipe, dict) else recipe, overrides)
+        return Experiment(rec, ov, options).run(seeds)
+    if kind == "fewshot":
+        from shiftlab.experiment.fewshot_run import run_fewshot
+
+        return run_fewshot(raw, overrides, options, seeds)
+    from shiftlab.pinn.run import run_pinn
+
+    return run_pinn(raw, overrides, options.runs_dir, seeds, options.resume)
