@@ -74,9 +74,8 @@ def test_every_bundled_recipe_validates() -> None:
     assert files, "no recipes found"
     from shiftlab.backbones import BACKBONES
     from shiftlab.data.sources import DATASETS
-    from shiftlab.methods import METHODS, make_hparams
-
     from shiftlab.experiment.dispatch import read_raw, recipe_kind
+    from shiftlab.methods import METHODS, make_hparams
 
     for f in files:
         if recipe_kind(read_raw(f)) != "train":
@@ -85,5 +84,7 @@ def test_every_bundled_recipe_validates() -> None:
         assert rec.method.name in METHODS, f
         assert rec.backbone.name in BACKBONES, f
         make_hparams(rec.method.name, rec.effective_hparams())
+        for other, hp in rec.method_hparams.items():  # sweep alternatives validate too
+            make_hparams(other, hp)
         for name in [rec.data.source, rec.data.target, *(e.name for e in rec.data.eval)]:
             assert name is None or name in DATASETS or ":" in name, (f, name)

@@ -271,3 +271,28 @@ def test_cuda_images_with_cpu_generator() -> None:
     assert out.device == x.device
     ref = A.byol_small(28).view2.apply(x.cpu(), gen())
     assert torch.allclose(out.cpu(), ref, atol=1e-4)
+
+
+def test_hue_fast_path_on_achromatic_images_matches_the_full_computation() -> None:
+    """Grey images repeated to RGB skip the hue rotation (an identity for them); a batch
+    mixing grey and colour images gives, image by image, what each gives alone."""
+    from shiftlab.data.augment import _shift_hue, adjust_color
+
+    g = torch.Generator().manual_seed(3)
+    grey = torch.rand(4, 1, 12, 12, generator=g).expand(-1, 3, -1, -1).contiguous()
+    colour = torch.rand(4, 3, 12, 12, generator=g)
+    hue = torch.tensor([0.3, -0.2, 0.1, 0.45])
+    # the skipped computation really is the identity on achromatic images
+    assert torch.allclose(_shift_hue(grey, hue.view(-1, 1, 1, 1)), grey, atol=1e-6)
+    mixed = torch.cat([grey[:2], colour[:2], grey[2:], colour[2:]])
+    hues = torch.cat([hue[:2], hue[:2], hue[2:], hue[2:]])
+    order = torch.stack([torch.randperm(4, generator=g) for _ in range(8)])
+    bright = torch.linspace(0.7, 1.3, 8)
+    out = adjust_color(mixed, brightness=bright, saturation=0.5, hue=hues, order=order)
+    for i in range(8):
+        alone = adjust_color(mixed[i : i + 1], brightness=bright[i : i + 1], saturation=0.5,
+                             hue=hues[i : i + 1], order=order[i : i + 1])
+        assert torch.allclose(out[i], alone[0], atol=1e-6)
+    fixed = adjust_color(mixed, contrast=0.8, hue=hues)
+    for i in range(8):
+        assert torch.allclose(fixed[i], adjust_color(mixed[i : i + 1], contrast=0.8, hue=hues[i : i + 1])[0], atol=1e-6)

@@ -11,7 +11,13 @@ from shiftlab.backbones import create_backbone
 from shiftlab.batches import DomainPair, Labeled
 from shiftlab.data.sources import load_dataset
 from shiftlab.data.transforms import fit_dataset
-from shiftlab.methods import METHODS, FewShotClassifier, TrainableMethod, create_method, hparam_fields
+from shiftlab.methods import (
+    METHODS,
+    FewShotClassifier,
+    TrainableMethod,
+    create_method,
+    hparam_fields,
+)
 from shiftlab.optim import OptimizerFactory
 
 

@@ -59,6 +59,8 @@ __all__ = [
     "random_grayscale",
     "random_resized_crop",
     "solarize",
+    "cutout",
+    "digits_strong",
 ]
 
 # ITU-R 601-2 luma weights, as torchvision's rgb_to_grayscale uses them.
@@ -392,6 +394,15 @@ def adjust_color(
     fb, fc, fs, fh = (_as_factor(f, n, x) for f in (brightness, contrast, saturation, hue))
     if c == 1:
         fs = fh = None
+    # Hue rotation is the identity on achromatic images (r = g = b, e.g. grey digits repeated
+    # to RGB), and brightness, contrast and saturation keep them achromatic: skip it there.
+    colourful: Tensor | None = None
+    if fh is not None:
+        colourful = ((x[:, 0] != x[:, 1]) | (x[:, 1] != x[:, 2])).flatten(1).any(dim=1)  # [B]
+        if not bool(colourful.any()):
+            fh = None
+        elif bool(colourful.all()):
+            colourful = None
     if fb is None and fc is None and fs is None and fh is None:
         return x
     if order is None:  # fixed order: plain ops, no per-image selection
@@ -405,7 +416,11 @@ def adjust_color(
         if fs is not None:
             x = torch.addcmul(_grey(x) * (1.0 - fs), x, fs).clamp_(0.0, 1.0)
         if fh is not None:
-            x = _shift_hue(x, fh)
+            if colourful is None:
+                x = _shift_hue(x, fh)
+            else:
+                idx = colourful.nonzero().squeeze(1)
+                x = x.index_copy(0, idx, _shift_hue(x.index_select(0, idx), fh.index_select(0, idx)))
         return x
     if order.shape != (n, 4):
         raise ValueError(f"adjust_color: order must be [B={n}, 4], got {tuple(order.shape)}")
@@ -439,7 +454,10 @@ def adjust_color(
             x = x.clamp_(0.0, 1.0)
             owned = True
         if fh is not None:
-            idx = (op.view(n) == _HUE).nonzero().squeeze(1)
+            is_hue = op.view(n) == _HUE
+            if colourful is not None:
+                is_hue = is_hue & colourful
+            idx = is_hue.nonzero().squeeze(1)
             if idx.numel() == n:
                 x = _shift_hue(x, fh)
                 owned = True
@@ -617,6 +635,37 @@ def solarize(x: Tensor, threshold: float, p: float, generator: torch.Generator) 
     return _blend_mask(above, 1.0 - x, x)
 
 
+def cutout(x: Tensor, size: int, p: float, generator: torch.Generator, fill: float = 0.5) -> Tensor:
+    """With probability ``p`` per image, set a ``size`` x ``size`` square at a uniformly
+    random centre (clipped at the border) to ``fill`` (DeVries & Taylor, "Improved
+    Regularization of Convolutional Neural Networks with Cutout", 2017; RandAugment's
+    cutout in FixMatch).
+
+    Args:
+        x: ``[B, C, H, W]`` float in [0, 1].
+        size: side of the square (``>= 1``).
+        p: probability per image.
+        generator: RNG (3 draws per image).
+        fill: value of the cut pixels.
+
+    Returns:
+        ``[B, C, H, W]``.
+    """
+    _check_images(x, "cutout")
+    _check_p(p, "cutout")
+    if size < 1:
+        raise ValueError(f"cutout: size must be >= 1, got {size}")
+    b, _, h, w = x.shape
+    u = torch.rand(3, b, generator=generator, device=generator.device).to(x.device)
+    cy, cx = (u[0] * h).long(), (u[1] * w).long()
+    on = (u[2] < p)[:, None, None]
+    ys = torch.arange(h, device=x.device)[None, :, None]
+    xs = torch.arange(w, device=x.device)[None, None, :]
+    lo_y, lo_x = (cy - size // 2)[:, None, None], (cx - size // 2)[:, None, None]
+    box = (ys >= lo_y) & (ys < lo_y + size) & (xs >= lo_x) & (xs < lo_x + size) & on  # [B, H, W]
+    return torch.where(box[:, None], torch.full_like(x, fill), x)
+
+
 # --------------------------------------------------------------------------- pipelines
 class AugmentStep(Protocol):
     """One pipeline step: ``step(x, generator=g) -> x`` on ``[B, C, H, W]`` float images."""
@@ -638,7 +687,8 @@ class AugmentConfig:
     4. ``grayscale_p``: :func:`random_grayscale`.
     5. ``blur_p``: :func:`gaussian_blur` with ``blur_sigma`` and ``blur_kernel_size``
        (``None``: about 10% of the image side).
-    6. ``solarize_p``: :func:`solarize` at ``solarize_threshold``.
+    6. ``solarize_p``: :func:`solarize` at ``solarize_threshold`` (threshold 0 inverts).
+    7. ``cutout_size``: :func:`cutout` of that side with probability ``cutout_p``.
     """
 
     resized_crop_size: int | None = None
@@ -655,9 +705,11 @@ class AugmentConfig:
     blur_kernel_size: int | None = None
     solarize_p: float = 0.0
     solarize_threshold: float = 0.5
+    cutout_size: int = 0
+    cutout_p: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("hflip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p"):
+        for name in ("hflip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p", "cutout_p"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"AugmentConfig.{name} must be in [0, 1], got {value}")
@@ -729,6 +781,8 @@ class Augment:
             steps.append(
                 partial(solarize, threshold=config.solarize_threshold, p=config.solarize_p)
             )
+        if config.cutout_size > 0 and config.cutout_p > 0:
+            steps.append(partial(cutout, size=config.cutout_size, p=config.cutout_p))
         return cls(tuple(steps), config)
 
     def then(self, *steps: AugmentStep) -> Augment:
@@ -781,6 +835,27 @@ def digits_uda() -> Augment:
     brightness and contrast act).
     """
     return AugmentConfig(crop_padding=2, jitter=(0.4, 0.4, 0.4, 0.1)).build()
+
+
+def digits_strong(image_size: int = 32) -> Augment:
+    """Strong augmentation for digit adaptation (the "strong" branch of FixMatch/AdaMatch,
+    with batched photometric ops in place of RandAugment's per-image PIL ops).
+
+    Random crop (pad 4), colour jitter 0.8/0.8/0.8/0.5, grayscale p=0.2, colour inversion
+    p=0.5 (solarize at threshold 0: digits on photos are light-on-dark and dark-on-light),
+    Gaussian blur p=0.3, cutout of ``image_size // 3`` px.
+    """
+    return AugmentConfig(
+        crop_padding=4,
+        jitter=(0.8, 0.8, 0.8, 0.5),
+        grayscale_p=0.2,
+        blur_p=0.3,
+        blur_sigma=(0.1, 1.5),
+        solarize_p=0.5,
+        solarize_threshold=0.0,
+        cutout_size=max(1, image_size // 3),
+        cutout_p=1.0,
+    ).build()
 
 
 def byol_small(image_size: int) -> TwoViewAugment:

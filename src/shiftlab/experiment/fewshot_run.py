@@ -857,7 +857,7 @@ def demo_recipe(iterations: int = 150) -> dict[str, Any]:
     }
 
 
-def demo_stage(out_dir: str | Path) -> tuple[list[str], list[Path]]:
+def demo_stage(out_dir: str | Path, iterations: int = 150) -> tuple[list[str], list[Path]]:
     """``shiftlab demo``'s few-shot stage: 5-way 1-shot on unseen embedded digits, in seconds.
 
     ProtoNet with a Conv-4 backbone is meta-trained for 150 5-way 5-shot episodes on the
@@ -870,7 +870,7 @@ def demo_stage(out_dir: str | Path) -> tuple[list[str], list[Path]]:
     from shiftlab import plots
 
     out = Path(out_dir)
-    raw = demo_recipe()
+    raw = demo_recipe(iterations)
     opts = RunOptions(runs_dir=out / "runs", overwrite=True, progress=False)
     t0 = time.perf_counter()
     metrics = run_fewshot(raw, {}, opts, [0])[0]
@@ -897,7 +897,7 @@ def demo_stage(out_dir: str | Path) -> tuple[list[str], list[Path]]:
     lines = [
         "### Few-shot stage: 5-way 1-shot on unseen digits",
         "",
-        "ProtoNet (Snell et al. 2017) + Conv-4, meta-trained on 150 5-way episodes of digits 0-4, tested on "
+        f"ProtoNet (Snell et al. 2017) + Conv-4, meta-trained on {iterations} 5-way episodes of digits 0-4, tested on "
         "600 episodes of the unseen digits 5-9 (mean ± 95% CI over episodes; chance 20%).",
         "",
         "| task | accuracy (%) | episodes |",

@@ -71,6 +71,9 @@ class RunOptions:
         progress: show a progress bar (only on a terminal).
         log: extra loggers: ``tensorboard``, ``mlflow``.
         eval_batch_size: batch size for evaluation.
+        channels_last: ``auto`` (on for image batches on CPU, where oneDNN convolutions run
+            about 1.3x faster in that memory format), ``on`` or ``off``. Recorded in the
+            run's config; numerics differ from ``off`` only by float rounding.
     """
 
     runs_dir: Path = Path("runs")
@@ -82,19 +85,35 @@ class RunOptions:
     progress: bool = True
     log: tuple[str, ...] = ()
     eval_batch_size: int = 1000
+    channels_last: str = "auto"
 
 
 def run_dir_for(recipe: Recipe, overrides: dict[str, Any], seed: int, runs_dir: Path) -> Path:
     return Path(runs_dir) / recipe.name / overrides_id(overrides) / f"seed-{seed}"
 
 
+def memory_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """``x`` in channels_last layout when asked and 4-D (other tensors unchanged)."""
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
+def use_channels_last(option: str, device: torch.device) -> bool:
+    """Resolve ``RunOptions.channels_last`` (``auto``: on CPU only)."""
+    if option not in ("auto", "on", "off"):
+        raise ShiftlabError(f"channels_last must be auto, on or off, got {option!r}.")
+    return option == "on" or (option == "auto" and device.type == "cpu")
+
+
 @torch.no_grad()
-def accuracy(method: Method, data: TensorData, batch_size: int, device: torch.device) -> float:
+def accuracy(
+    method: Method, data: TensorData, batch_size: int, device: torch.device, channels_last: bool = False
+) -> float:
     """Top-1 accuracy of ``method.predict`` on ``data`` (in eval mode)."""
     method.eval()
     correct = 0
     for batch in data.batches(batch_size, device=device):
-        correct += (method.predict(batch.x).argmax(dim=1) == batch.y).sum().item()
+        x = memory_format(batch.x, channels_last)
+        correct += (method.predict(x).argmax(dim=1) == batch.y).sum().item()
     return correct / max(len(data), 1)
 
 
@@ -145,6 +164,7 @@ class Experiment:
         self.overrides = dict(overrides or {})
         self.options = options or RunOptions()
         self.on_epoch = on_epoch
+        self.channels_last = False  # resolved per run (see RunOptions.channels_last)
 
     # ------------------------------------------------------------------ public
     def run(self, seeds: list[int] | None = None) -> list[dict[str, Any]]:
@@ -185,6 +205,7 @@ class Experiment:
         seed_everything(seed)
         device = resolve_device(self.options.device or self.recipe.device)
         data = build_run_data(self.recipe, seed, self.options.data_dir, self.options.download)
+        self.channels_last = use_channels_last(self.options.channels_last, device) and data.train.x.dim() == 4
         method = self._build_method(data, device)
         config = self._resolved_config(seed, device, data)
         if resuming:
@@ -253,7 +274,10 @@ class Experiment:
             raise ShiftlabError(
                 f"method {r.method.name!r} adapts to an unlabelled target: set data.target in the recipe."
             )
-        return method.to(device)
+        method = method.to(device)
+        if getattr(self, "channels_last", False):
+            method = method.to(memory_format=torch.channels_last)
+        return method
 
     def _resolved_config(self, seed: int, device: torch.device, data: RunData) -> dict[str, Any]:
         cfg = self.recipe.model_dump(mode="json")
@@ -264,6 +288,7 @@ class Experiment:
         cfg["selection_rule"] = self.recipe.selection_rule
         cfg["resolved"] = {
             "device": str(device),
+            "channels_last": bool(getattr(self, "channels_last", False)),
             "data_dir": str(self.options.data_dir) if self.options.data_dir else None,
             "datasets": _plain(data.info),
             "sizes": {"train": len(data.train), "val": len(data.val) if data.val else 0,
@@ -329,7 +354,7 @@ class Experiment:
             x = batch.x.to(device)
             if augment is not None:
                 x = augment(x, aug_gen)
-            lab = Labeled(x, batch.y.to(device))
+            lab = Labeled(memory_format(x, self.channels_last), batch.y.to(device))
             if method.batch_kind == "domain_pair":
                 if pos + bs > n_t:
                     order, pos = torch.randperm(n_t, generator=tgen), 0
@@ -337,7 +362,7 @@ class Experiment:
                 pos += bs
                 if augment is not None:
                     tx = augment(tx, aug_gen)
-                yield DomainPair(lab, tx)
+                yield DomainPair(lab, memory_format(tx, self.channels_last))
             else:
                 yield lab
 
@@ -363,6 +388,7 @@ class Experiment:
                 f"{t.batch_size}; lower train.batch_size."
             )
         total = t.epochs * steps
+        method.set_schedule(t.epochs, steps)
         with _progress(self.options.progress) as bar:
             task = bar.add_task(f"{self.recipe.name} seed {seed}", total=total, completed=start_epoch * steps)
             for epoch in range(start_epoch, t.epochs):
@@ -403,10 +429,11 @@ class Experiment:
     ) -> dict[str, Any]:
         bs = self.options.eval_batch_size
         metrics = dict(train_metrics)
+        cl = self.channels_last
         if data.val is not None:
-            metrics["source_val/acc"] = accuracy(method, data.val, bs, device)
+            metrics["source_val/acc"] = accuracy(method, data.val, bs, device, cl)
         for key, ev in data.evals.items():
-            metrics[f"{key}/acc"] = accuracy(method, ev, bs, device)
+            metrics[f"{key}/acc"] = accuracy(method, ev, bs, device, cl)
         return {"epoch": epoch, "step": step, "elapsed_s": round(elapsed, 3), "metrics": metrics}
 
     def _select(self, records: list[dict[str, Any]]) -> dict[str, Any]:

@@ -89,7 +89,7 @@ def create_method(
 
 
 # Registration happens on import of the method modules.
-from shiftlab.methods import erm, fewshot  # noqa: E402,F401
+from shiftlab.methods import erm, fewshot, uda  # noqa: E402,F401
 
 __all__ = [
     "METHODS",

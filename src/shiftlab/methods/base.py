@@ -56,6 +56,13 @@ class TrainableMethod(Method):
         self.optimizer_factory = optimizer
         self.progress = 0.0
         self.lr_schedule = "constant"
+        self.schedule: tuple[int, int] | None = None
+
+    def set_schedule(self, epochs: int, steps_per_epoch: int) -> None:
+        """Told once before training (and again on resume): how many epochs of how many
+        steps the run has. Methods whose stages are given in epochs check them here and
+        raise :class:`~shiftlab.errors.RecipeError` when the recipe does not fit."""
+        self.schedule = (int(epochs), int(steps_per_epoch))
 
     def update(self, batch: Any) -> dict[str, float]:
         """One optimisation step on ``batch``; returns the losses as floats."""

@@ -1,0 +1,144 @@
+"""Pieces shared by the domain-adaptation methods: gradient reversal, domain
+discriminators, Ganin et al.'s schedules, and the adversarial method base.
+
+Every UDA method takes a :class:`~shiftlab.batches.DomainPair` in ``update``: a labelled
+source batch ``source.x: [B, C, H, W]``, ``source.y: [B]`` and unlabelled target images
+``target_x: [B', C, H, W]``. Target labels never reach a method.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from shiftlab.backbones.base import Backbone
+from shiftlab.batches import DomainPair
+from shiftlab.methods.base import TrainableMethod
+from shiftlab.optim import OptimizerFactory
+
+__all__ = [
+    "DomainDiscriminator",
+    "GradientReversal",
+    "UdaMethod",
+    "grad_reverse",
+    "grl_coefficient",
+]
+
+
+class _ReverseGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, coeff: float) -> Tensor:
+        ctx.coeff = coeff
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return -ctx.coeff * grad, None
+
+
+def grad_reverse(x: Tensor, coeff: float = 1.0) -> Tensor:
+    """Identity forward; multiplies the gradient by ``-coeff`` backward (Ganin & Lempitsky 2015)."""
+    return _ReverseGrad.apply(x, float(coeff))
+
+
+class GradientReversal(nn.Module):
+    """The gradient reversal layer ``R_lambda`` as a module; set :attr:`coeff` to change lambda."""
+
+    def __init__(self, coeff: float = 1.0) -> None:
+        super().__init__()
+        self.coeff = float(coeff)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return grad_reverse(x, self.coeff)
+
+
+def grl_coefficient(progress: float, schedule: str, gamma: float = 10.0, max_value: float = 1.0) -> float:
+    """Adversarial weight lambda at training ``progress`` in [0, 1].
+
+    Args:
+        progress: fraction of training done.
+        schedule: ``ganin`` (``2 / (1 + exp(-gamma p)) - 1``, Ganin et al. JMLR 2016, sec. 5.2.2)
+            or ``constant``.
+        gamma: steepness of the ``ganin`` ramp (10 in the paper).
+        max_value: the value lambda ramps up to.
+    """
+    if schedule == "constant":
+        return max_value
+    if schedule == "ganin":
+        p = min(max(progress, 0.0), 1.0)
+        return max_value * (2.0 / (1.0 + math.exp(-gamma * p)) - 1.0)
+    raise ValueError(f"unknown lambda schedule {schedule!r}; use ganin or constant")
+
+
+class DomainDiscriminator(nn.Module):
+    """MLP ``in_features -> hidden -> hidden -> 1`` (ReLU, dropout 0.5) giving a domain logit.
+
+    Shapes: ``[B, in_features] -> [B]`` (logit of "comes from the source").
+    """
+
+    def __init__(self, in_features: int, hidden: int, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(in_features, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, 1),
+        )
+
+    def forward(self, f: Tensor) -> Tensor:
+        return self.net(f).squeeze(1)
+
+
+def domain_loss(logits_src: Tensor, logits_tgt: Tensor, w_src: Tensor | None = None,
+                w_tgt: Tensor | None = None) -> Tensor:
+    """Binary cross-entropy of a discriminator (source = 1, target = 0), optionally weighted
+    per sample (each domain's weights normalised to mean 1); ``[B], [B'] -> scalar``."""
+    def norm(w: Tensor | None) -> Tensor | None:
+        return None if w is None else w / w.mean().clamp_min(1e-12)
+
+    ls = F.binary_cross_entropy_with_logits(logits_src, torch.ones_like(logits_src), weight=norm(w_src))
+    lt = F.binary_cross_entropy_with_logits(logits_tgt, torch.zeros_like(logits_tgt), weight=norm(w_tgt))
+    return 0.5 * (ls + lt)
+
+
+def domain_accuracy(logits_src: Tensor, logits_tgt: Tensor) -> float:
+    """Fraction of source and target samples the discriminator assigns to their domain."""
+    with torch.no_grad():
+        right = (logits_src > 0).sum() + (logits_tgt <= 0).sum()
+        return float(right) / (len(logits_src) + len(logits_tgt))
+
+
+class UdaMethod(TrainableMethod):
+    """Base of the UDA methods: a backbone (features + head) trained on
+    :class:`~shiftlab.batches.DomainPair` batches; prediction is the backbone's logits."""
+
+    family: ClassVar[str] = "uda"
+    batch_kind: ClassVar[str] = "domain_pair"
+
+    def __init__(self, backbone: Backbone, num_classes: int, hparams: Any, optimizer: OptimizerFactory) -> None:
+        super().__init__(backbone, num_classes, hparams, optimizer)
+        self.lr_schedule = getattr(hparams, "lr_schedule", "constant")
+
+    def features_and_logits(self, batch: DomainPair) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """One pass over source and target together.
+
+        Returns:
+            ``(f_src [B, D], f_tgt [B', D], logits_src [B, C], logits_tgt [B', C])``.
+        """
+        xs, xt = batch.source.x, batch.target_x
+        f = self.backbone.forward_features(torch.cat([xs, xt]))
+        logits = self.backbone.head(f)
+        b = len(xs)
+        return f[:b], f[b:], logits[:b], logits[b:]
+
+    def step(self, loss: Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
