@@ -81,6 +81,10 @@ def test_backbone_contract(name: str, variant: str) -> None:
     with torch.no_grad():
         assert torch.equal(model(x), model(x))
         assert torch.equal(model.forward_features(x), model.forward_features(x))
+        # the trunk (where domain discriminators may attach) composes back to the features
+        trunk = model.forward_trunk(x)
+        assert trunk.shape == (4, model.trunk_features)
+        assert torch.allclose(model.features_from_trunk(trunk), model.forward_features(x), atol=1e-6)
 
     # A fresh head: 3 classes, then none (the model returns its features).
     model.reset_head(3)

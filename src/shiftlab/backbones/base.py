@@ -25,6 +25,22 @@ class Backbone(nn.Module):
         """``x: [B, C, H, W]`` float -> features ``[B, D]``."""
         raise NotImplementedError
 
+    @property
+    def trunk_features(self) -> int:
+        """Width of :meth:`forward_trunk`'s output (``num_features`` unless overridden)."""
+        return self.num_features
+
+    def forward_trunk(self, x: Tensor) -> Tensor:
+        """The convolutional part's flattened output ``[B, trunk_features]``; backbones
+        with fully connected layers after their convolutions override this and
+        :meth:`features_from_trunk` (domain discriminators may attach there, as in Ganin
+        et al.'s MNIST network). Default: the features themselves."""
+        return self.forward_features(x)
+
+    def features_from_trunk(self, t: Tensor) -> Tensor:
+        """``forward_features(x) == features_from_trunk(forward_trunk(x))``; default identity."""
+        return t
+
     def forward(self, x: Tensor) -> Tensor:
         """``x: [B, C, H, W]`` -> logits ``[B, num_classes]`` (features when the head is identity)."""
         return self.head(self.forward_features(x))

@@ -115,7 +115,21 @@ class DannCNN(Backbone):
             nn.ReLU(inplace=True),
         )
         self.num_features = hidden
+        self._trunk_features = flat
         self.reset_head(num_classes)
+
+    @property
+    def trunk_features(self) -> int:
+        """Flattened convolutional output width (6400 for 28x28 input, 9216 for 32x32)."""
+        return self._trunk_features
+
+    def forward_trunk(self, x: Tensor) -> Tensor:
+        """``x: [B, C, H, W]`` -> flattened conv features ``[B, trunk_features]``."""
+        return self.conv(x)
+
+    def features_from_trunk(self, t: Tensor) -> Tensor:
+        """``[B, trunk_features]`` -> ``[B, hidden]``."""
+        return self.fc(t)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``x: [B, C, H, W]`` float -> ``[B, hidden]``."""

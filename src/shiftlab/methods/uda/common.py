@@ -138,6 +138,17 @@ class UdaMethod(TrainableMethod):
         b = len(xs)
         return f[:b], f[b:], logits[:b], logits[b:]
 
+    def trunk_features_and_logits(self, batch: DomainPair) -> tuple[Tensor, Tensor, Tensor]:
+        """One pass over source and target together, keeping every stage.
+
+        Returns:
+            ``(trunk [B + B', trunk_features], features [B + B', D], logits [B + B', C])``,
+            source rows first (the trunk is e.g. the flattened convolutions).
+        """
+        t = self.backbone.forward_trunk(torch.cat([batch.source.x, batch.target_x]))
+        f = self.backbone.features_from_trunk(t)
+        return t, f, self.backbone.head(f)
+
     def step(self, loss: Tensor) -> None:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()

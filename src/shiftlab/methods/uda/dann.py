@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 
 from shiftlab.backbones.base import Backbone
 from shiftlab.batches import DomainPair
+from shiftlab.errors import RecipeError
 from shiftlab.methods import METHODS
 from shiftlab.methods.uda.common import (
     DomainDiscriminator,
@@ -31,6 +31,10 @@ class DannHparams:
         gamma: steepness of the ``ganin`` ramp.
         disc_hidden: width of the domain discriminator's two hidden layers (paper: 1024 on
             Office; a single 100-unit layer on MNIST).
+        disc_input: where the discriminator attaches: ``trunk`` (the backbone's
+            convolutional output, as in Ganin et al.'s MNIST network and the MNIST-M study:
+            "a branch of linear layers with a gradient reversal layer after the
+            convolutional feature extractor") or ``features`` (the penultimate layer).
         lr_schedule: ``constant``, ``dann`` (``(1 + 10 p) ** -0.75``, the paper's annealing)
             or ``cosine``.
     """
@@ -39,6 +43,7 @@ class DannHparams:
     lambda_schedule: str = "ganin"
     gamma: float = 10.0
     disc_hidden: int = 1024
+    disc_input: str = "trunk"
     lr_schedule: str = "constant"
 
 
@@ -61,7 +66,10 @@ class DANN(UdaMethod):
 
     def __init__(self, backbone: Backbone, num_classes: int, hparams: DannHparams, optimizer: OptimizerFactory) -> None:
         super().__init__(backbone, num_classes, hparams, optimizer)
-        self.discriminator = DomainDiscriminator(backbone.num_features, hparams.disc_hidden)
+        if hparams.disc_input not in ("trunk", "features"):
+            raise RecipeError(f"dann: disc_input must be trunk or features, got {hparams.disc_input!r}.")
+        width = backbone.trunk_features if hparams.disc_input == "trunk" else backbone.num_features
+        self.discriminator = DomainDiscriminator(width, hparams.disc_hidden)
         self.opt = optimizer(self.parameters())
 
     def adversarial_weight(self) -> float:
@@ -71,13 +79,14 @@ class DANN(UdaMethod):
     def update(self, batch: DomainPair) -> dict[str, float]:
         """One step; returns ``loss``, ``cls``, ``domain``, ``domain_acc`` and ``lambda``."""
         self.train()
-        f_s, f_t, logits_s, _ = self.features_and_logits(batch)
-        cls = F.cross_entropy(logits_s, batch.source.y)
+        trunk, feats, logits = self.trunk_features_and_logits(batch)
+        b = len(batch.source.y)
+        cls = F.cross_entropy(logits[:b], batch.source.y)
         lam = self.adversarial_weight()
-        d = self.discriminator(grad_reverse(torch.cat([f_s, f_t]), lam))
-        dom = domain_loss(d[: len(f_s)], d[len(f_s):])
+        d = self.discriminator(grad_reverse(trunk if self.hparams.disc_input == "trunk" else feats, lam))
+        dom = domain_loss(d[:b], d[b:])
         loss = cls + self.hparams.trade_off * dom
         self.step(loss)
         return {"loss": loss.item(), "cls": cls.item(), "domain": dom.item(),
-                "domain_acc": domain_accuracy(d[: len(f_s)], d[len(f_s):]), "lambda": lam}
+                "domain_acc": domain_accuracy(d[:b], d[b:]), "lambda": lam}
 

@@ -46,6 +46,7 @@ class MiAlignHparams:
             or ``constant``.
         gamma: steepness of the ramp.
         disc_hidden: width of the domain discriminator's hidden layers.
+        disc_input: ``trunk`` (after the convolutions, as in the study) or ``features``.
         lr_schedule: ``constant``, ``dann`` or ``cosine`` (over both stages).
     """
 
@@ -60,6 +61,7 @@ class MiAlignHparams:
     lambda_schedule: str = "ganin"
     gamma: float = 10.0
     disc_hidden: int = 1024
+    disc_input: str = "trunk"
     lr_schedule: str = "constant"
 
 
@@ -91,8 +93,11 @@ class MIAlign(UdaMethod):
             raise RecipeError("mi_align: dann_epochs and mi_epochs must both be >= 1.")
         if hparams.pseudo_labeler not in ("frozen", "current"):
             raise RecipeError(f"mi_align: pseudo_labeler must be frozen or current, got {hparams.pseudo_labeler!r}.")
+        if hparams.disc_input not in ("trunk", "features"):
+            raise RecipeError(f"mi_align: disc_input must be trunk or features, got {hparams.disc_input!r}.")
         d = backbone.num_features
-        self.discriminator = DomainDiscriminator(d, hparams.disc_hidden)
+        width = backbone.trunk_features if hparams.disc_input == "trunk" else d
+        self.discriminator = DomainDiscriminator(width, hparams.disc_hidden)
         self.projection = nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), nn.Linear(d, hparams.proj_dim))
         # The stage-1 model, frozen at the switch (always present so checkpoints have one layout).
         self.labeler = copy.deepcopy(backbone).requires_grad_(False)
@@ -136,11 +141,12 @@ class MIAlign(UdaMethod):
         if stage2 and not bool(self.stage2_started):
             self.labeler.load_state_dict(self.backbone.state_dict())
             self.stage2_started.fill_(True)
-        f_s, f_t, logits_s, _ = self.features_and_logits(batch)
-        cls = F.cross_entropy(logits_s, batch.source.y)
+        trunk, feats, logits = self.trunk_features_and_logits(batch)
+        b = len(batch.source.y)
+        f_s, f_t = feats[:b], feats[b:]
+        cls = F.cross_entropy(logits[:b], batch.source.y)
         lam = grl_coefficient(min(self.progress / self.switch, 1.0), h.lambda_schedule, h.gamma)
-        d = self.discriminator(grad_reverse(torch.cat([f_s, f_t]), lam))
-        b = len(f_s)
+        d = self.discriminator(grad_reverse(trunk if h.disc_input == "trunk" else feats, lam))
         dom = domain_loss(d[:b], d[b:])
         loss = cls + h.trade_off * dom
         out = {"cls": cls.item(), "domain": dom.item(), "domain_acc": domain_accuracy(d[:b], d[b:]), "lambda": lam}
