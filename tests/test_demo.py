@@ -20,6 +20,6 @@ def test_quick_demo_runs_and_writes_figures(tmp_path: Path, monkeypatch: pytest.
     assert result.metrics["digits/test"] > result.metrics["digits_m/test"]
     # the adaptation and few-shot stages ran and reported their numbers
     assert "Domain-adaptation stage" in result.markdown and "Few-shot stage" in result.markdown
-    for key in ("uda/source_only/digits_m/test", "uda/dann/digits_m/test"):
+    for key in ("uda/source_only/digits_m/test", "uda/dann/digits_m/test", "uda/adamatch/digits_m/test"):
         assert 0.0 < result.metrics[key] <= 1.0
     assert (tmp_path / "demo" / "fewshot_accuracy.png").is_file()

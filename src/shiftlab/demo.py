@@ -5,8 +5,9 @@ Stage 1 (supervised + shift): train ``erm`` with the ``dann_cnn`` backbone on th
 ``digits_m`` (the same digits blended onto photo patches, the MNIST-M recipe) and under
 a few corruptions.
 
-Stage 2 (domain adaptation): ``source_only`` vs ``dann`` from ``digits`` to the unlabelled
-``digits_m`` training images, evaluated on the ``digits_m`` test split.
+Stage 2 (domain adaptation): ``source_only``, ``dann`` and ``adamatch`` (LeNet-5) from
+``digits`` to the unlabelled ``digits_m`` training images, evaluated on the ``digits_m``
+test split.
 
 Stage 3 (few-shot): ProtoNet 5-way 1-shot on digits never seen in meta-training.
 """
@@ -80,7 +81,8 @@ def run_demo(out_dir: str | Path = "demo_out", quick: bool = False, progress: bo
     return DemoResult("\n".join(lines), figures, seconds, accs)
 
 
-UDA_EPOCHS = 12
+UDA_EPOCHS = 10
+UDA_METHODS = ("source_only", "dann", "adamatch")
 
 
 def uda_recipe(method: str, quick: bool = False) -> dict:
@@ -91,9 +93,9 @@ def uda_recipe(method: str, quick: bool = False) -> dict:
         "description": "digits -> digits_m: labelled source digits, unlabelled photo-background target",
         "data": {"source": "digits", "target": "digits_m", "image_size": 28, "channels": 3,
                  "eval": [{"name": "digits_m", "split": "test"}]},
-        "backbone": {"name": "dann_cnn"},
-        "method": {"name": method},
-        "train": {"epochs": 3 if quick else UDA_EPOCHS, "batch_size": 32, "lr": 1e-3},
+        "backbone": {"name": "lenet"},
+        "method": {"name": method, "hparams": {"logit_interpolation": False} if method == "adamatch" else {}},
+        "train": {"epochs": 2 if quick else UDA_EPOCHS, "batch_size": 32, "lr": 1e-3},
         "seeds": [0],
     }
 
@@ -102,13 +104,13 @@ def _uda_stage(out_dir: Path, quick: bool, progress: bool) -> tuple[list[str], d
     t0 = time.perf_counter()
     accs: dict[str, float] = {}
     figs: list[Path] = []
-    for method in ("source_only", "dann"):
+    for method in UDA_METHODS:
         recipe, ov = load_recipe(uda_recipe(method, quick))
         exp = Experiment(recipe, ov, RunOptions(runs_dir=out_dir / "runs", overwrite=True, progress=progress))
         accs[f"uda/{method}/digits_m/test"] = exp.run_seed(0)["metrics"]["digits_m/test/acc"]
         for tag in ("before", "after"):
             png = exp.run_dir(0) / f"embedding_{tag}.png"
-            if method == "dann" and png.is_file():
+            if method == "adamatch" and png.is_file():
                 figs.append(png)
     lines = [
         "### Domain-adaptation stage: digits -> digits_m (target labels never used)",
