@@ -399,7 +399,7 @@ def embedding_scatter(
     handles = [Line2D([], [], linestyle="", marker=_MARKERS[j % len(_MARKERS)], color="gray",
                       label=str((domain_names or {}).get(d, d))) for j, d in enumerate(domains)]
     if len(classes) <= 10:
-        handles += [Line2D([], [], linestyle="", marker="o", color=color_of[c], label=f"class {c}") for c in classes]
+        handles += [Line2D([], [], linestyle="", marker="o", color=color_of[c], label=f"class {int(c) if float(c).is_integer() else c}") for c in classes]
     ax.legend(handles=handles, fontsize=7, loc="best", ncols=2 if len(handles) > 6 else 1)
     ax.set_title(title or "embedding (colour: class, marker: domain)", fontsize=10)
     ax.set_xticks([])
