@@ -419,17 +419,15 @@ def main(argv: list[str] | None = None) -> int:
             peer_ds = peer_dataset(root, augment)
             what = "batched augment.py" if augment else "TensorData.batches"
             peer_what = "per-item PIL transforms" if augment else "ToTensor"
+            def ours(s: int, a: bool = augment) -> Iterator[tuple[Tensor, Tensor]]:
+                return ours_batches(data, a, s)
+
             methods = [
-                Method(
-                    "ours",
-                    f"shiftlab {what}",
-                    lambda s, a=augment: ours_batches(data, a, s),
-                    "ours",
-                ),
+                Method("ours", f"shiftlab {what}", ours, "ours"),
                 Method(
                     "ours_cl",
                     f"shiftlab {what} + channels_last model (the engine's CPU default)",
-                    lambda s, a=augment: ours_batches(data, augment=a, seed=s),
+                    ours,
                     "ours",
                     channels_last=True,
                     phases=("train",),

@@ -22,14 +22,25 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from shiftlab.errors import RecipeError
+
+
+def _plain_folder_name(v: str) -> str:
+    if not v or any(c in v for c in "/\\") or v.startswith("."):
+        raise ValueError("must be a plain folder name (no slashes, not starting with '.')")
+    return v
+
+
+RunName = Annotated[str, AfterValidator(_plain_folder_name)]
+"""A recipe's ``name``: it names the run folder, so it must be a plain folder name."""
 
 
 class _Strict(BaseModel):
@@ -124,7 +135,7 @@ class Recipe(_Strict):
     """A whole experiment. See the module docstring for an example."""
 
     kind: Literal["train"] = "train"
-    name: str
+    name: RunName
     description: str = ""
     data: DataCfg
     backbone: BackboneCfg = Field(default_factory=BackboneCfg)
@@ -137,13 +148,6 @@ class Recipe(_Strict):
     selection: Literal["last", "source_val"] = "last"
     seeds: list[int] = Field(default_factory=lambda: [0])
     device: str = "auto"
-
-    @field_validator("name")
-    @classmethod
-    def _safe_name(cls, v: str) -> str:
-        if not v or any(c in v for c in "/\\") or v.startswith("."):
-            raise ValueError("must be a plain folder name (no slashes, not starting with '.')")
-        return v
 
     def effective_hparams(self) -> dict[str, Any]:
         """``method_hparams[method.name]`` updated with ``method.hparams``."""
@@ -194,18 +198,44 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
     return out
 
 
-def _format_validation_error(exc: pydantic.ValidationError, model: type[BaseModel], source: str) -> str:
+def normalise_overrides(overrides: Sequence[str] | dict[str, Any] | None) -> dict[str, Any]:
+    """``--set`` strings or a dict of dotted keys -> a dict (``method``/``backbone`` mean
+    ``method.name``/``backbone.name`` in both forms)."""
+    if overrides is None:
+        return {}
+    if isinstance(overrides, dict):
+        return {(f"{k}.name" if k in ("method", "backbone") else k): v for k, v in overrides.items()}
+    return dict(parse_override(o) for o in overrides)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_recipe(model: type[M], merged: dict[str, Any], what: str) -> M:
+    """``model.model_validate(merged)``; a validation error becomes one :class:`RecipeError`
+    paragraph naming each bad key's path (with the keys allowed there) and ``what`` (e.g.
+    ``"recipe recipes/uda/x.yaml"``)."""
+    try:
+        return model.model_validate(merged)
+    except pydantic.ValidationError as exc:
+        raise RecipeError(format_validation_error(exc, model, what)) from None
+
+
+def format_validation_error(exc: pydantic.ValidationError, model: type[BaseModel], what: str) -> str:
+    """One paragraph for a pydantic error on ``model``; ``what`` names the recipe."""
     lines = []
     for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"])
+        # drop pydantic's union/validator tags (``str``, ``function-after[...]``) from the path
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+        path = ".".join(str(p) for p in loc)
         if err["type"] == "extra_forbidden":
-            allowed = _allowed_keys(model, err["loc"][:-1])
+            allowed = _allowed_keys(model, loc[:-1])
             lines.append(f"unknown key '{path}'" + (f" (allowed here: {', '.join(allowed)})" if allowed else ""))
         elif err["type"] == "missing":
             lines.append(f"missing required key '{path}'")
         else:
             lines.append(f"'{path}': {err['msg']} (got {err.get('input')!r})")
-    return f"Invalid recipe {source}: " + "; ".join(lines) + "."
+    return f"Invalid {what}: " + "; ".join(dict.fromkeys(lines)) + "."
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
@@ -266,16 +296,8 @@ def load_recipe(
     """
     raw = read_recipe_mapping(path)
     source = "<dict>" if isinstance(path, dict) else str(path)
-    if isinstance(overrides, dict):
-        ov = dict(overrides)
-    else:
-        ov = dict(parse_override(o) for o in (overrides or []))
-    merged = apply_overrides(raw, ov)
-    try:
-        recipe = Recipe.model_validate(merged)
-    except pydantic.ValidationError as exc:
-        raise RecipeError(_format_validation_error(exc, Recipe, source)) from None
-    return recipe, ov
+    ov = normalise_overrides(overrides)
+    return validate_recipe(Recipe, apply_overrides(raw, ov), f"recipe {source}"), ov
 
 
 def overrides_id(overrides: dict[str, Any]) -> str:

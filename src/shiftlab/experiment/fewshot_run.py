@@ -49,7 +49,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import pydantic
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -58,9 +57,11 @@ from shiftlab.batches import Episode, Labeled
 from shiftlab.config import (
     BackboneCfg,
     MethodCfg,
+    RunName,
     apply_overrides,
+    normalise_overrides,
     overrides_id,
-    parse_override,
+    validate_recipe,
     variant_label,
 )
 from shiftlab.data.episodes import (
@@ -229,7 +230,7 @@ class FewShotRecipe(_Strict):
     """A few-shot experiment (``kind: fewshot``); see the module docstring."""
 
     kind: Literal["fewshot"] = "fewshot"
-    name: str
+    name: RunName
     description: str = ""
     data: FewShotData = Field(default_factory=FewShotData)
     backbone: BackboneCfg = Field(default_factory=lambda: BackboneCfg(name="conv4"))
@@ -240,24 +241,9 @@ class FewShotRecipe(_Strict):
     seeds: list[int] = Field(default_factory=lambda: [0])
     device: str = "auto"
 
-    @field_validator("name")
-    @classmethod
-    def _safe_name(cls, v: str) -> str:
-        if not v or any(c in v for c in "/\\") or v.startswith("."):
-            raise ValueError("must be a plain folder name (no slashes, not starting with '.')")
-        return v
-
     def effective_hparams(self) -> dict[str, Any]:
         """``method_hparams[method.name]`` updated with ``method.hparams``."""
         return {**self.method_hparams.get(self.method.name, {}), **self.method.hparams}
-
-
-def _normalise_overrides(overrides: dict[str, Any] | Sequence[str] | None) -> dict[str, Any]:
-    if overrides is None:
-        return {}
-    if isinstance(overrides, dict):
-        return {(f"{k}.name" if k in ("method", "backbone") else k): v for k, v in overrides.items()}
-    return dict(parse_override(o) for o in overrides)
 
 
 def load_fewshot_recipe(
@@ -268,21 +254,9 @@ def load_fewshot_recipe(
     Raises:
         RecipeError: naming the key path and the allowed keys or values.
     """
-    ov = _normalise_overrides(overrides)
-    merged = apply_overrides(raw, ov)
-    try:
-        recipe = FewShotRecipe.model_validate(merged)
-    except pydantic.ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            path = ".".join(str(p) for p in err["loc"])
-            if err["type"] == "extra_forbidden":
-                lines.append(f"unknown key '{path}'")
-            elif err["type"] == "missing":
-                lines.append(f"missing required key '{path}'")
-            else:
-                lines.append(f"'{path}': {err['msg']} (got {err.get('input')!r})")
-        raise RecipeError(f"Invalid few-shot recipe {raw.get('name', '<unnamed>')!r}: " + "; ".join(lines) + ".") from None
+    ov = normalise_overrides(overrides)
+    what = f"few-shot recipe {raw.get('name', '<unnamed>')!r}"
+    recipe = validate_recipe(FewShotRecipe, apply_overrides(raw, ov), what)
     make_hparams(recipe.method.name, recipe.effective_hparams())  # unknown hyper-parameters fail early
     return recipe, ov
 

@@ -275,7 +275,7 @@ class Experiment:
                 f"method {r.method.name!r} adapts to an unlabelled target: set data.target in the recipe."
             )
         method = method.to(device)
-        if getattr(self, "channels_last", False):
+        if self.channels_last:
             method = method.to(memory_format=torch.channels_last)
         return method
 
@@ -288,7 +288,7 @@ class Experiment:
         cfg["selection_rule"] = self.recipe.selection_rule
         cfg["resolved"] = {
             "device": str(device),
-            "channels_last": bool(getattr(self, "channels_last", False)),
+            "channels_last": self.channels_last,
             "data_dir": str(self.options.data_dir) if self.options.data_dir else None,
             "datasets": _plain(data.info),
             "sizes": {"train": len(data.train), "val": len(data.val) if data.val else 0,

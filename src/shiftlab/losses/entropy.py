@@ -46,10 +46,8 @@ def minimum_class_confusion(logits: Tensor, temperature: float) -> Tensor:
     """
     b, c = logits.shape
     probs = torch.softmax(logits / temperature, dim=1)  # [B, C]
-    with torch.no_grad():
-        h = entropy(logits / temperature)
-        w = 1.0 + torch.exp(-h)
-        w = b * w / w.sum()  # [B], sums to B
+    w = entropy_weights(logits / temperature)
+    w = b * w / w.sum()  # [B], sums to B
     confusion = (probs * w[:, None]).T @ probs  # [C, C]
     confusion = confusion / confusion.sum(dim=1, keepdim=True).clamp_min(1e-12)
     return (confusion.sum() - confusion.trace()) / c

@@ -22,14 +22,17 @@ parameter it does not have) are errors too.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Literal
 
-import pydantic
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from shiftlab.config import apply_overrides, parse_override
+from shiftlab.config import (
+    RunName,
+    apply_overrides,
+    normalise_overrides,
+    read_recipe_mapping,
+    validate_recipe,
+)
 from shiftlab.errors import RecipeError
 from shiftlab.pinn.box import Box
 from shiftlab.pinn.nets import ACTIVATIONS, NetConfig
@@ -149,7 +152,7 @@ class PinnRecipe(_Strict):
     """A PINN experiment (see the module docstring for an example)."""
 
     kind: Literal["pinn"]
-    name: str
+    name: RunName
     description: str = ""
     system: str | SystemSection = "sir"
     t_span: list[float] = Field(default_factory=lambda: [0.0, 20.0], min_length=2, max_length=2)
@@ -163,13 +166,6 @@ class PinnRecipe(_Strict):
     seeds: list[int] = Field(default_factory=lambda: [0])
     device: str = "cpu"
     dtype: Literal["float64", "float32"] = "float64"
-
-    @field_validator("name")
-    @classmethod
-    def _safe_name(cls, v: str) -> str:
-        if not v or any(c in v for c in "/\\") or v.startswith("."):
-            raise ValueError("must be a plain folder name (no slashes, not starting with '.')")
-        return v
 
     # ------------------------------------------------------------------ resolved objects
     def resolved_system(self) -> OdeSystem:
@@ -210,45 +206,6 @@ def is_pinn_recipe(raw: Any) -> bool:
     return isinstance(raw, dict) and raw.get("kind") == "pinn"
 
 
-def _format_errors(exc: pydantic.ValidationError, source: str) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
-        path = ".".join(str(p) for p in loc)
-        if err["type"] == "extra_forbidden":
-            allowed = _allowed(loc[:-1])
-            lines.append(f"unknown key '{path}'" + (f" (allowed here: {', '.join(allowed)})" if allowed else ""))
-        elif err["type"] == "missing":
-            lines.append(f"missing required key '{path}'")
-        else:
-            lines.append(f"'{path}': {err['msg']} (got {err.get('input')!r})")
-    return f"Invalid PINN recipe {source}: " + "; ".join(dict.fromkeys(lines)) + "."
-
-
-def _allowed(loc: tuple[Any, ...]) -> list[str]:
-    model: Any = PinnRecipe
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
-        if field is None:
-            return []
-        model = _model_in(field.annotation)
-        if model is None:
-            return []
-    return list(model.model_fields)
-
-
-def _model_in(ann: Any) -> type[BaseModel] | None:
-    if isinstance(ann, type) and issubclass(ann, BaseModel):
-        return ann
-    for arg in getattr(ann, "__args__", ()) or ():
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
-
-
 def load_pinn_recipe(
     recipe: str | os.PathLike[str] | dict[str, Any],
     overrides: dict[str, Any] | list[str] | None = None,
@@ -266,28 +223,10 @@ def load_pinn_recipe(
         RecipeError: unreadable file, bad YAML, unknown key, wrong type, a state or
             parameter name the system does not have, or an unknown system.
     """
-    if isinstance(recipe, dict):
-        raw, source = recipe, "<dict>"
-    else:
-        p = Path(recipe)
-        source = str(p)
-        if not p.is_file():
-            raise RecipeError(f"Recipe file {p} does not exist.")
-        try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise RecipeError(f"Recipe {p} is not valid YAML: {exc}") from None
-        if not isinstance(raw, dict):
-            raise RecipeError(f"Recipe {p} must be a YAML mapping at the top level.")
-    if isinstance(overrides, dict):
-        ov = dict(overrides)
-    else:
-        ov = dict(parse_override(o) for o in (overrides or []))
-    merged = apply_overrides(raw, ov)
-    try:
-        model = PinnRecipe.model_validate(merged)
-    except pydantic.ValidationError as exc:
-        raise RecipeError(_format_errors(exc, source)) from None
+    raw = read_recipe_mapping(recipe)
+    source = "<dict>" if isinstance(recipe, dict) else str(recipe)
+    ov = normalise_overrides(overrides)
+    model = validate_recipe(PinnRecipe, apply_overrides(raw, ov), f"PINN recipe {source}")
     src = model.box()
     model.target_box(src)
     return model, ov

@@ -132,10 +132,8 @@ class UdaMethod(TrainableMethod):
         Returns:
             ``(f_src [B, D], f_tgt [B', D], logits_src [B, C], logits_tgt [B', C])``.
         """
-        xs, xt = batch.source.x, batch.target_x
-        f = self.backbone.forward_features(torch.cat([xs, xt]))
-        logits = self.backbone.head(f)
-        b = len(xs)
+        _, f, logits = self.trunk_features_and_logits(batch)
+        b = len(batch.source.x)
         return f[:b], f[b:], logits[:b], logits[b:]
 
     def trunk_features_and_logits(self, batch: DomainPair) -> tuple[Tensor, Tensor, Tensor]:

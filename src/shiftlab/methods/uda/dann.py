@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch.nn.functional as F
+from torch import Tensor
 
 from shiftlab.backbones.base import Backbone
 from shiftlab.batches import DomainPair
@@ -59,7 +60,9 @@ class DANN(UdaMethod):
     Loss: ``CE(head(f_s), y_s) + trade_off * BCE(D(R_lambda(f)), domain)`` with ``R_lambda``
     the gradient reversal layer (identity forward, ``-lambda_p`` times the gradient
     backward), so one optimizer step minimises the discriminator's loss for ``D`` and
-    maximises it for the feature extractor; ``lambda_p`` ramps from 0 to 1. ``f = backbone.forward_features(x)``: ``[B, D]``.
+    maximises it for the feature extractor; ``lambda_p`` ramps from 0 to 1.
+    The discriminator sees ``backbone.forward_trunk(x)`` (``disc_input='trunk'``) or the
+    features ``[B, D]``.
     """
 
     Hparams = DannHparams
@@ -67,7 +70,7 @@ class DANN(UdaMethod):
     def __init__(self, backbone: Backbone, num_classes: int, hparams: DannHparams, optimizer: OptimizerFactory) -> None:
         super().__init__(backbone, num_classes, hparams, optimizer)
         if hparams.disc_input not in ("trunk", "features"):
-            raise RecipeError(f"dann: disc_input must be trunk or features, got {hparams.disc_input!r}.")
+            raise RecipeError(f"disc_input must be trunk or features, got {hparams.disc_input!r}.")
         width = backbone.trunk_features if hparams.disc_input == "trunk" else backbone.num_features
         self.discriminator = DomainDiscriminator(width, hparams.disc_hidden)
         self.opt = optimizer(self.parameters())
@@ -76,9 +79,12 @@ class DANN(UdaMethod):
         h = self.hparams
         return grl_coefficient(self.progress, h.lambda_schedule, h.gamma)
 
-    def update(self, batch: DomainPair) -> dict[str, float]:
-        """One step; returns ``loss``, ``cls``, ``domain``, ``domain_acc`` and ``lambda``."""
-        self.train()
+    def dann_losses(self, batch: DomainPair) -> tuple[Tensor, Tensor, dict[str, float]]:
+        """Class + weighted domain loss of one pass (shared with two-stage methods).
+
+        Returns:
+            ``(loss, features [B + B', D] (source rows first), logged values)``.
+        """
         trunk, feats, logits = self.trunk_features_and_logits(batch)
         b = len(batch.source.y)
         cls = F.cross_entropy(logits[:b], batch.source.y)
@@ -86,7 +92,12 @@ class DANN(UdaMethod):
         d = self.discriminator(grad_reverse(trunk if self.hparams.disc_input == "trunk" else feats, lam))
         dom = domain_loss(d[:b], d[b:])
         loss = cls + self.hparams.trade_off * dom
-        self.step(loss)
-        return {"loss": loss.item(), "cls": cls.item(), "domain": dom.item(),
-                "domain_acc": domain_accuracy(d[:b], d[b:]), "lambda": lam}
+        return loss, feats, {"cls": cls.item(), "domain": dom.item(),
+                             "domain_acc": domain_accuracy(d[:b], d[b:]), "lambda": lam}
 
+    def update(self, batch: DomainPair) -> dict[str, float]:
+        """One step; returns ``loss``, ``cls``, ``domain``, ``domain_acc`` and ``lambda``."""
+        self.train()
+        loss, _, out = self.dann_losses(batch)
+        self.step(loss)
+        return {"loss": loss.item(), **out}

@@ -7,7 +7,6 @@ import copy
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from shiftlab.backbones.base import Backbone
@@ -15,14 +14,8 @@ from shiftlab.batches import DomainPair
 from shiftlab.errors import RecipeError
 from shiftlab.losses.mutual_info import dot_critic, jsd_mi
 from shiftlab.methods import METHODS
-from shiftlab.methods.uda.common import (
-    DomainDiscriminator,
-    UdaMethod,
-    domain_accuracy,
-    domain_loss,
-    grad_reverse,
-    grl_coefficient,
-)
+from shiftlab.methods.uda.common import grl_coefficient
+from shiftlab.methods.uda.dann import DANN
 from shiftlab.optim import OptimizerFactory
 
 
@@ -72,8 +65,9 @@ class MiAlignHparams:
     "Segmentation', MICCAI 2022, applied to MNIST -> MNIST-M by YashSharma/MNIST-DomainAdaptation",
     family="uda",
 )
-class MIAlign(UdaMethod):
-    """Stage 1 (the first ``dann_epochs``) is :class:`~shiftlab.methods.uda.dann.DANN`.
+class MIAlign(DANN):
+    """Stage 1 (the first ``dann_epochs``) is :class:`~shiftlab.methods.uda.dann.DANN`
+    (its ``lambda`` ramp runs over stage 1 only, then stays at 1).
     Stage 2 keeps the class and domain losses and adds ``-mi_weight * I_JSD``, the
     Jensen-Shannon mutual-information bound between projections ``p = proj(f)`` of source
     images and of confidently pseudo-labelled target images, where a (source, target) pair
@@ -88,23 +82,17 @@ class MIAlign(UdaMethod):
     def __init__(
         self, backbone: Backbone, num_classes: int, hparams: MiAlignHparams, optimizer: OptimizerFactory
     ) -> None:
-        super().__init__(backbone, num_classes, hparams, optimizer)
         if hparams.dann_epochs < 1 or hparams.mi_epochs < 1:
             raise RecipeError("mi_align: dann_epochs and mi_epochs must both be >= 1.")
         if hparams.pseudo_labeler not in ("frozen", "current"):
             raise RecipeError(f"mi_align: pseudo_labeler must be frozen or current, got {hparams.pseudo_labeler!r}.")
-        if hparams.disc_input not in ("trunk", "features"):
-            raise RecipeError(f"mi_align: disc_input must be trunk or features, got {hparams.disc_input!r}.")
+        super().__init__(backbone, num_classes, hparams, optimizer)  # the discriminator
         d = backbone.num_features
-        width = backbone.trunk_features if hparams.disc_input == "trunk" else d
-        self.discriminator = DomainDiscriminator(width, hparams.disc_hidden)
         self.projection = nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), nn.Linear(d, hparams.proj_dim))
         # The stage-1 model, frozen at the switch (always present so checkpoints have one layout).
         self.labeler = copy.deepcopy(backbone).requires_grad_(False)
         self.register_buffer("stage2_started", torch.zeros((), dtype=torch.bool))
-        self.opt = optimizer(
-            [*self.backbone.parameters(), *self.discriminator.parameters(), *self.projection.parameters()]
-        )
+        self.opt = optimizer([p for p in self.parameters() if p.requires_grad])  # + projection, - labeler
 
     @property
     def switch(self) -> float:
@@ -121,6 +109,10 @@ class MIAlign(UdaMethod):
                 f"is {epochs}. Set train.epochs={h.dann_epochs + h.mi_epochs}, or change "
                 "method.hparams.dann_epochs / mi_epochs so that they add up to train.epochs."
             )
+
+    def adversarial_weight(self) -> float:
+        h = self.hparams
+        return grl_coefficient(min(self.progress / self.switch, 1.0), h.lambda_schedule, h.gamma)
 
     @torch.no_grad()
     def _pseudo_labels(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -141,15 +133,9 @@ class MIAlign(UdaMethod):
         if stage2 and not bool(self.stage2_started):
             self.labeler.load_state_dict(self.backbone.state_dict())
             self.stage2_started.fill_(True)
-        trunk, feats, logits = self.trunk_features_and_logits(batch)
+        loss, feats, out = self.dann_losses(batch)
         b = len(batch.source.y)
         f_s, f_t = feats[:b], feats[b:]
-        cls = F.cross_entropy(logits[:b], batch.source.y)
-        lam = grl_coefficient(min(self.progress / self.switch, 1.0), h.lambda_schedule, h.gamma)
-        d = self.discriminator(grad_reverse(trunk if h.disc_input == "trunk" else feats, lam))
-        dom = domain_loss(d[:b], d[b:])
-        loss = cls + h.trade_off * dom
-        out = {"cls": cls.item(), "domain": dom.item(), "domain_acc": domain_accuracy(d[:b], d[b:]), "lambda": lam}
         if stage2:
             labels, keep = self._pseudo_labels(batch.target_x)
             mi = torch.zeros((), device=f_s.device)
