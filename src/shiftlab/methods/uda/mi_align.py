@@ -15,12 +15,12 @@ from shiftlab.errors import RecipeError
 from shiftlab.losses.mutual_info import dot_critic, jsd_mi
 from shiftlab.methods import METHODS
 from shiftlab.methods.uda.common import grl_coefficient
-from shiftlab.methods.uda.dann import DANN
+from shiftlab.methods.uda.dann import DANN, DannHparams
 from shiftlab.optim import OptimizerFactory
 
 
 @dataclass(frozen=True)
-class MiAlignHparams:
+class MiAlignHparams(DannHparams):
     """Hyper-parameters of :class:`MIAlign` (defaults: the MNIST-DomainAdaptation study).
 
     Attributes:
@@ -34,13 +34,10 @@ class MiAlignHparams:
         temperature: the critic is ``cos(a, b) / temperature``.
         pseudo_labeler: ``frozen`` (the model as it was at the end of stage 1, as in the
             study) or ``current`` (the model being trained, in eval mode).
-        trade_off: weight of the domain loss (both stages).
-        lambda_schedule: ``ganin`` ramp of the reversal coefficient over stage 1 (then 1),
-            or ``constant``.
-        gamma: steepness of the ramp.
-        disc_hidden: width of the domain discriminator's hidden layers.
-        disc_input: ``trunk`` (after the convolutions, as in the study) or ``features``.
-        lr_schedule: ``constant``, ``dann`` or ``cosine`` (over both stages).
+
+    The DANN fields (``trade_off``, ``lambda_schedule``, ``gamma``, ``disc_hidden``,
+    ``disc_input``, ``lr_schedule``) are :class:`~shiftlab.methods.uda.dann.DannHparams`'
+    and act in both stages; the ``ganin`` ramp of lambda runs over stage 1, then stays 1.
     """
 
     dann_epochs: int = 40
@@ -50,12 +47,6 @@ class MiAlignHparams:
     proj_dim: int = 64
     temperature: float = 0.5
     pseudo_labeler: str = "frozen"
-    trade_off: float = 1.0
-    lambda_schedule: str = "ganin"
-    gamma: float = 10.0
-    disc_hidden: int = 1024
-    disc_input: str = "trunk"
-    lr_schedule: str = "constant"
 
 
 @METHODS.register(
