@@ -52,8 +52,11 @@ log = logging.getLogger("bench_fewshot")
 PLAN: list[tuple[str, str, dict[str, Any]]] = [
     # Lake's 20 runs, meta-trained on the minimal background sets only
     ("lake", "omniglot_protonet.yaml", {"train.iterations": 1500, "train.way": 30, "train.eval_every": 250}),
+    ("lake", "omniglot_protonet.yaml", {"train.eval_every": 500}),  # the recipe: 2,000 60-way episodes
+    ("lake", "omniglot_protonet.yaml", {"train.way": 20, "train.within_group": True, "train.eval_every": 500}),
     ("lake", "omniglot_matching.yaml", {"train.iterations": 400, "train.eval_every": 200}),
     ("lake", "omniglot_triplet.yaml", {"train.iterations": 400, "train.batch_size": 64, "train.eval_every": 200}),
+    ("lake", "omniglot_triplet.yaml", {"train.iterations": 2000, "train.batch_size": 64, "train.eval_every": 500}),
     ("lake", "omniglot_siamese.yaml", {"train.iterations": 600, "train.batch_size": 64, "train.eval_every": 300}),
     ("lake", "omniglot_baseline_pp.yaml", {"train.iterations": 600, "train.eval_every": 300}),
     ("lake", "omniglot_maml.yaml", {"train.iterations": 100, "train.eval_every": 50,
@@ -68,6 +71,21 @@ PLAN: list[tuple[str, str, dict[str, Any]]] = [
                                           "method.hparams.distance": "cosine"}),
     ("heldout", "omniglot_heldout.yaml", {"train.iterations": 300, "train.eval_every": 150,
                                           "method.hparams.distance": "parametric"}),
+    # ... the reverse direction (small2 -> small1's alphabets other than Greek and Latin)
+    ("heldout", "omniglot_heldout.yaml", {"train.iterations": 300, "train.eval_every": 150,
+                                          "data.splits": ["background_small2"],
+                                          "eval.sets.0.split": "background_small1", "eval.sets.0.name": "small1-heldout"}),
+    # ... and every other method: 5-way and 20-way, 1 and 5 shots
+    *[("heldout", "omniglot_heldout.yaml", {"method.name": m, "train.eval_every": it, "train.iterations": it,
+                                            "eval.sets.0.shots": [1, 5], "eval.sets.0.episodes": eps, **extra})
+      for m, it, eps, extra in (
+          ("matching", 300, 1000, {}),
+          ("siamese", 400, 1000, {}),
+          ("triplet", 300, 1000, {}),
+          ("baseline_pp", 400, 1000, {}),
+          ("maml", 100, 600, {"method.hparams.first_order": True}),
+          ("reptile", 100, 600, {"method.hparams.eval_inner_steps": 10}),
+      )],
     # class-ratio splits for the pair, triplet and Reptile models
     *[("ratios", "omniglot_class_ratio.yaml", {"data.class_split": r, "method.name": m, "train.iterations": it,
                                                 "train.eval_every": it, **extra})
@@ -116,6 +134,18 @@ def run_part(part: str, methods: list[str] | None, runs_dir: Path) -> None:
         log.info("%s %s %s: %s (%.0f s)", part, recipe, ov, json.dumps(m["metrics"]), time.perf_counter() - t0)
 
 
+def row_label(method: str, ov: dict[str, Any]) -> str:
+    """``protonet(cosine)``, ``protonet(within-alphabet 20-way)``, ``protonet(small2->small1)``..."""
+    bits = []
+    if "method.hparams.distance" in ov:
+        bits.append(ov["method.hparams.distance"])
+    if ov.get("train.within_group"):
+        bits.append(f"within-alphabet {ov.get('train.way', '')}-way".replace(" -way", ""))
+    if "data.splits" in ov:
+        bits.append(f"{ov['data.splits'][0].removeprefix('background_')}->{ov['eval.sets.0.split'].removeprefix('background_')}")
+    return f"{method}({', '.join(bits)})" if bits else method
+
+
 def collect(runs_dir: Path) -> list[dict[str, Any]]:
     """Rows of every finished run of the plan (episode CIs from ``metrics.json``)."""
     from shiftlab.config import overrides_id
@@ -129,9 +159,7 @@ def collect(runs_dir: Path) -> list[dict[str, Any]]:
             log.info("not run: %s %s %s", part, recipe, ov)
             continue
         m = json.loads(path.read_text())
-        method = m["method"]
-        hp = ov.get("method.hparams.distance")
-        label = f"{method}({hp})" if hp else method
+        label = row_label(m["method"], ov)
         for key, vals in m["episodes"].items():
             s = summarize(vals)
             rows.append({

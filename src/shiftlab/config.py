@@ -108,8 +108,11 @@ class TrainCfg(_Strict):
         epochs: passes over the source training set.
         batch_size: source batch size (the target batch has the same size).
         optimizer: ``adam``, ``adamw`` or ``sgd``.
-        augment: batched augmentation preset applied to training images (``none`` or a name
-            from :mod:`shiftlab.data.augment`).
+        lr: learning rate.
+        augment: batched augmentation applied to every training batch (source and target):
+            ``none``, ``digits_uda`` (crop + mild colour jitter) or ``digits_strong`` (the
+            FixMatch-style strong branch: crop, strong jitter, grayscale, inversion, blur,
+            cutout; see :mod:`shiftlab.data.augment`).
         eval_every: evaluate every N epochs (and always after the last).
         max_steps_per_epoch: cap on optimisation steps per epoch (quick runs).
     """

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from shiftlab.config import load_recipe
-from shiftlab.errors import DataError, TrainingError
+from shiftlab.errors import DataError, ShiftlabError, TrainingError
 from shiftlab.experiment.run import Experiment, RunExists, RunInterrupted, RunOptions
 
 TINY = {
@@ -136,3 +136,10 @@ def test_resume_refuses_a_changed_recipe(tmp_path: Path) -> None:
     rec2, ov2 = load_recipe(changed)
     with pytest.raises(RunExists, match="recipe changed.*train"):
         Experiment(rec2, ov2, RunOptions(runs_dir=tmp_path / "runs", progress=False, resume=True)).run_seed(0)
+
+
+def test_train_augment_presets_and_a_clear_error_for_an_unknown_one(tmp_path: Path) -> None:
+    m = _exp(tmp_path, ["train.augment=digits_strong"]).run_seed(0)
+    assert m["metrics"]["digits/test/acc"] > 0.3  # learns through the strong augmentation (chance 0.1)
+    with pytest.raises(ShiftlabError, match="digits_uda, digits_strong"):
+        _exp(tmp_path / "bad", ["train.augment=colour_magic"]).run_seed(0)

@@ -24,7 +24,9 @@ colour formulas; :func:`adjust_color` reproduces ``torchvision.transforms.v2.fun
 
 Ops: :func:`random_crop`, :func:`random_resized_crop`, :func:`hflip`,
 :func:`color_jitter` (with :func:`adjust_color` for explicit factors),
-:func:`random_grayscale`, :func:`gaussian_blur`, :func:`solarize`.
+:func:`random_grayscale`, :func:`gaussian_blur`, :func:`solarize`; AugMix
+(:func:`augmix`, with its ops :func:`autocontrast`, :func:`equalize`, :func:`posterize`,
+:func:`solarize_levels`, :func:`affine_pixels`), used by MEMO.
 Pipelines: :class:`AugmentConfig` (a frozen description) -> :class:`Augment` (the steps,
 ``apply(x, generator)``); :class:`TwoViewAugment` for self-supervised pairs. Presets:
 :func:`digits_uda` and :func:`byol_small`.
@@ -61,6 +63,13 @@ __all__ = [
     "solarize",
     "cutout",
     "digits_strong",
+    "AUGMIX_OPS",
+    "affine_pixels",
+    "augmix",
+    "autocontrast",
+    "equalize",
+    "posterize",
+    "solarize_levels",
 ]
 
 # ITU-R 601-2 luma weights, as torchvision's rgb_to_grayscale uses them.
@@ -888,3 +897,230 @@ def byol_small(image_size: int) -> TwoViewAugment:
         AugmentConfig(blur_p=1.0, solarize_p=0.0, **common).build(),  # type: ignore[arg-type]
         AugmentConfig(blur_p=0.1, solarize_p=0.2, **common).build(),  # type: ignore[arg-type]
     )
+
+
+# --------------------------------------------------------------------------- AugMix
+# The operations of AugMix (Hendrycks et al., "AugMix: A Simple Data Processing Method to
+# Improve Robustness and Uncertainty", ICLR 2020) that do not overlap the ImageNet-C
+# corruptions (their ``augmentations.augmentations`` list, which MEMO uses).
+AUGMIX_OPS = (
+    "autocontrast",
+    "equalize",
+    "posterize",
+    "rotate",
+    "solarize",
+    "shear_x",
+    "shear_y",
+    "translate_x",
+    "translate_y",
+)
+_GEOMETRIC = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")
+
+
+def _quantise(x: Tensor) -> Tensor:
+    """Float images in [0, 1] -> int64 levels 0..255 (as ``PIL.Image`` holds them)."""
+    return (x * 255.0).round_().clamp_(0, 255).long()
+
+
+def autocontrast(x: Tensor) -> Tensor:
+    """Stretch every channel of every image to the full [0, 1] range (``ImageOps.autocontrast``
+    with no cut-off, without its 8-bit rounding); constant channels are unchanged.
+
+    Args:
+        x: ``[B, C, H, W]`` float in [0, 1].
+    """
+    _check_images(x, "autocontrast")
+    lo = x.amin(dim=(2, 3), keepdim=True)
+    hi = x.amax(dim=(2, 3), keepdim=True)
+    span = hi - lo
+    flat = span <= 0
+    return torch.where(flat, x, (x - lo) / torch.where(flat, torch.ones_like(span), span))
+
+
+def equalize(x: Tensor) -> Tensor:
+    """Histogram equalisation per channel and image with ``PIL.ImageOps.equalize``'s rule
+    (256 levels, ``step = (N - h[last level]) // 255``, ``lut[i] = (step // 2 + sum_{j<i}
+    h[j]) // step``; identity when ``step == 0``), all images in one scatter/gather.
+
+    Args:
+        x: ``[B, C, H, W]`` float in [0, 1].
+    """
+    _check_images(x, "equalize")
+    b, c, h, w = x.shape
+    q = _quantise(x).view(b * c, h * w)
+    hist = torch.zeros(b * c, 256, dtype=torch.long, device=x.device)
+    hist.scatter_add_(1, q, torch.ones_like(q))
+    last = hist.gather(1, q.amax(dim=1, keepdim=True))  # count of the highest level present
+    step = (h * w - last) // 255  # [BC, 1]
+    before = hist.cumsum(dim=1) - hist
+    lut = ((step // 2 + before) // step.clamp(min=1)).clamp_(max=255)
+    lut = torch.where(step > 0, lut, torch.arange(256, device=x.device).expand(b * c, 256))
+    return (lut.gather(1, q).to(x.dtype) / 255.0).view(b, c, h, w)
+
+
+def posterize(x: Tensor, bits: Tensor) -> Tensor:
+    """Keep the top ``bits`` of each 8-bit level (``ImageOps.posterize``); ``bits: [B]`` int."""
+    _check_images(x, "posterize")
+    div = (2 ** (8 - bits.to(x.device).long().clamp(0, 8))).view(-1, 1, 1, 1)
+    return ((_quantise(x) // div) * div).to(x.dtype) / 255.0
+
+
+def solarize_levels(x: Tensor, threshold: Tensor) -> Tensor:
+    """Invert the 8-bit levels ``>= threshold`` (``ImageOps.solarize``); ``threshold: [B]``."""
+    _check_images(x, "solarize_levels")
+    q = _quantise(x)
+    thr = threshold.to(x.device).long().view(-1, 1, 1, 1)
+    return torch.where(q >= thr, 255 - q, q).to(x.dtype) / 255.0
+
+
+def affine_pixels(x: Tensor, matrix: Tensor, padding_mode: str = "zeros") -> Tensor:
+    """Warp each image by its own affine map in pixel coordinates, like PIL's
+    ``Image.transform(AFFINE, (a, b, c, d, e, f), BILINEAR)``: the output pixel at ``(u, v)``
+    (pixel-centre coordinates, origin at the top-left corner) samples the input at
+    ``(a u + b v + c, d u + e v + f)``; outside the image is 0 (black).
+
+    Args:
+        x: ``[B, C, H, W]`` float.
+        matrix: ``[B, 2, 3]`` rows ``(a, b, c)``, ``(d, e, f)``.
+        padding_mode: ``zeros`` (PIL's black fill) or ``border`` (edge replication).
+
+    Returns:
+        ``[B, C, H, W]``, one ``grid_sample`` for the batch.
+    """
+    _check_images(x, "affine_pixels")
+    b, c, h, w = x.shape
+    m = matrix.to(device=x.device, dtype=x.dtype)
+    a, bb, cc = m[:, 0, 0], m[:, 0, 1], m[:, 0, 2]
+    d, e, f = m[:, 1, 0], m[:, 1, 1], m[:, 1, 2]
+    # normalised coords (align_corners=False): u_px = (u_n + 1) W / 2
+    theta = torch.stack(
+        [
+            torch.stack([a, bb * h / w, a + bb * h / w + 2 * cc / w - 1], dim=1),
+            torch.stack([d * w / h, e, d * w / h + e + 2 * f / h - 1], dim=1),
+        ],
+        dim=1,
+    )
+    grid = F.affine_grid(theta, [b, c, h, w], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
+
+
+def _augmix_matrices(op: Tensor, level: Tensor, sign: Tensor, h: int, w: int) -> Tensor:
+    """``[n, 2, 3]`` pixel affine maps of AugMix's geometric ops (identity for other ops)."""
+    n = op.shape[0]
+    mat = torch.zeros(n, 2, 3, dtype=torch.float32, device=op.device)
+    mat[:, 0, 0] = 1.0
+    mat[:, 1, 1] = 1.0
+    idx = {name: AUGMIX_OPS.index(name) for name in _GEOMETRIC}
+    # rotate: int(level * 30 / 10) degrees about the centre (PIL's ``rotate``)
+    rot = op == idx["rotate"]
+    deg = torch.floor(level * 3.0) * sign
+    rad = torch.deg2rad(deg)
+    cos, sin = torch.cos(rad), torch.sin(rad)
+    cx, cy = w / 2.0, h / 2.0
+    rmat = torch.stack(
+        [
+            torch.stack([cos, sin, cx - cos * cx - sin * cy], dim=1),
+            torch.stack([-sin, cos, cy + sin * cx - cos * cy], dim=1),
+        ],
+        dim=1,
+    )
+    mat = torch.where(rot.view(n, 1, 1), rmat, mat)
+    shear = level * 0.03 * sign  # float_parameter(level, 0.3)
+    sx, sy = op == idx["shear_x"], op == idx["shear_y"]
+    mat[:, 0, 1] = torch.where(sx, shear, mat[:, 0, 1])
+    mat[:, 1, 0] = torch.where(sy, shear, mat[:, 1, 0])
+    tx, ty = op == idx["translate_x"], op == idx["translate_y"]
+    mat[:, 0, 2] = torch.where(tx, torch.floor(level * (w / 3.0) / 10.0) * sign, mat[:, 0, 2])
+    mat[:, 1, 2] = torch.where(ty, torch.floor(level * (h / 3.0) / 10.0) * sign, mat[:, 1, 2])
+    return mat
+
+
+def _augmix_step(x: Tensor, op: Tensor, level: Tensor, sign: Tensor) -> Tensor:
+    """Apply op ``op[i]`` (index into :data:`AUGMIX_OPS`, ``-1`` = none) at ``level[i]``."""
+    geo = torch.zeros_like(op, dtype=torch.bool)
+    for name in _GEOMETRIC:
+        geo |= op == AUGMIX_OPS.index(name)
+    out = x.clone()
+    gidx = geo.nonzero().squeeze(1)
+    if gidx.numel():
+        mats = _augmix_matrices(op[gidx], level[gidx], sign[gidx], x.shape[2], x.shape[3])
+        out.index_copy_(0, gidx, affine_pixels(x.index_select(0, gidx), mats))
+    for k, name in enumerate(AUGMIX_OPS):
+        if name in _GEOMETRIC:
+            continue
+        idx = (op == k).nonzero().squeeze(1)
+        if not idx.numel():
+            continue
+        sub = x.index_select(0, idx)
+        lv = level.index_select(0, idx)
+        if name == "autocontrast":
+            sub = autocontrast(sub)
+        elif name == "equalize":
+            sub = equalize(sub)
+        elif name == "posterize":
+            sub = posterize(sub, 4 - torch.floor(lv * 0.4).long())  # 4 - int_parameter(level, 4)
+        else:  # solarize
+            sub = solarize_levels(sub, 256 - torch.floor(lv * 25.6).long())  # 256 - int_parameter(level, 256)
+        out.index_copy_(0, idx, sub)
+    return out
+
+
+def augmix(
+    x: Tensor,
+    generator: torch.Generator,
+    severity: float = 3.0,
+    width: int = 3,
+    depth: int = -1,
+) -> Tensor:
+    """AugMix of every image of a batch, all chains of all images computed together.
+
+    Per image: ``width`` chains, each of ``depth`` operations (``-1``: uniform in 1..3)
+    drawn uniformly from :data:`AUGMIX_OPS`, each at a level uniform in ``[0.1,
+    severity]`` with a random sign; the chains are mixed with Dirichlet(1, ..., 1)
+    weights and the mixture blended with the image by ``m ~ Beta(1, 1)``:
+    ``(1 - m) x + m sum_k w_k chain_k(x)``. Parameters and operations follow
+    Hendrycks et al., "AugMix", ICLR 2020 (``augment_and_mix`` with ``alpha = 1``, the
+    value MEMO uses), on 8-bit levels for the PIL ops; geometric ops are bilinear with
+    black fill as PIL's. Batched: for each depth slot, one ``grid_sample`` for all
+    geometric ops and one call per pixel op over the images that drew it.
+
+    Args:
+        x: ``[B, C, H, W]`` float in [0, 1] (e.g. ``B`` copies of one test point).
+        generator: RNG (about ``width * (1 + 4 * 3) + 1`` draws per image).
+        severity: AugMix's ``aug_severity`` (paper default 3), at most 10.
+        width: chains per image (``mixture_width``, paper 3).
+        depth: ops per chain (``mixture_depth``; ``-1``: random in 1..3, the paper's).
+
+    Returns:
+        ``[B, C, H, W]`` float in [0, 1].
+    """
+    _check_images(x, "augmix")
+    if not 0 < severity <= 10 or width < 1 or depth == 0 or depth < -1:
+        raise ValueError(f"augmix: need 0 < severity <= 10, width >= 1, depth -1 or >= 1; got "
+                         f"{severity}, {width}, {depth}")
+    b = x.shape[0]
+    g = generator.device
+    n = b * width
+    max_depth = 3 if depth < 0 else depth
+    depths = (
+        torch.randint(1, 4, (n,), generator=generator, device=g)
+        if depth < 0
+        else torch.full((n,), depth, device=g)
+    )
+    ops = torch.randint(len(AUGMIX_OPS), (max_depth, n), generator=generator, device=g)
+    levels = torch.rand(max_depth, n, generator=generator, device=g) * (severity - 0.1) + 0.1
+    signs = torch.where(torch.rand(max_depth, n, generator=generator, device=g) < 0.5, -1.0, 1.0)
+    # Dirichlet(1) = normalised Exp(1); Beta(1, 1) = U(0, 1)
+    ws = -torch.log1p(-torch.rand(b, width, generator=generator, device=g))
+    ws = ws / ws.sum(dim=1, keepdim=True)
+    m = torch.rand(b, generator=generator, device=g)
+    dev = x.device
+    depths, ops, levels, signs = depths.to(dev), ops.to(dev), levels.to(dev), signs.to(dev)
+    chains = x.repeat(width, 1, 1, 1)  # [width * B, ...], chain-major
+    for s in range(max_depth):
+        op = torch.where(depths > s, ops[s], torch.full_like(ops[s], -1))
+        chains = _augmix_step(chains, op, levels[s], signs[s])
+    ws = ws.to(device=dev, dtype=x.dtype).T.reshape(width, b, 1, 1, 1)
+    mix = (chains.view(width, b, *x.shape[1:]) * ws).sum(dim=0)
+    m = m.to(device=dev, dtype=x.dtype).view(b, 1, 1, 1)
+    return ((1.0 - m) * x + m * mix).clamp_(0.0, 1.0)

@@ -493,7 +493,7 @@ def _augmenter(name: str) -> Callable[[torch.Tensor, torch.Generator], torch.Ten
         return None
     from shiftlab.data import augment
 
-    presets = {"digits_uda": augment.digits_uda}
+    presets = {"digits_uda": augment.digits_uda, "digits_strong": augment.digits_strong}
     if name not in presets:
         raise ShiftlabError(f"Unknown train.augment {name!r}; use none or one of: {', '.join(presets)}.")
     return presets[name]().apply

@@ -5,10 +5,19 @@ Shapes: logits ``[B, C]``; per-sample values ``[B]``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-__all__ = ["entropy", "entropy_weights", "mean_entropy", "minimum_class_confusion"]
+__all__ = [
+    "entropy",
+    "entropy_weights",
+    "marginal_entropy",
+    "mean_entropy",
+    "minimum_class_confusion",
+    "soft_cross_entropy",
+]
 
 
 def entropy(logits: Tensor) -> Tensor:
@@ -51,3 +60,30 @@ def minimum_class_confusion(logits: Tensor, temperature: float) -> Tensor:
     confusion = (probs * w[:, None]).T @ probs  # [C, C]
     confusion = confusion / confusion.sum(dim=1, keepdim=True).clamp_min(1e-12)
     return (confusion.sum() - confusion.trace()) / c
+
+
+def marginal_entropy(logits: Tensor) -> Tensor:
+    """Entropy of the *average* prediction over a batch of views of one input (scalar).
+
+    ``H(p_bar)`` with ``p_bar = mean_b softmax(logits_b)``, computed in log space
+    (``log p_bar = logsumexp_b log_softmax(logits_b) - log B``). The MEMO objective:
+    Zhang, Levine & Finn, "MEMO: Test Time Robustness via Adaptation and Augmentation",
+    NeurIPS 2022, eq. 1.
+
+    Args:
+        logits: ``[B, C]``, the logits of ``B`` augmented copies of one test point.
+    """
+    logp = torch.log_softmax(logits, dim=1)
+    log_mean = torch.logsumexp(logp, dim=0) - math.log(logits.shape[0])  # [C]
+    return -(log_mean.exp() * log_mean).sum()
+
+
+def soft_cross_entropy(logits: Tensor, target_logits: Tensor) -> Tensor:
+    """Per-sample cross-entropy ``-sum_c softmax(target)_c log softmax(logits)_c``: ``[B]``.
+
+    The teacher-student consistency loss of CoTTA (Wang et al., CVPR 2022, eq. 2); the
+    target is not differentiated.
+    """
+    with torch.no_grad():
+        target = torch.softmax(target_logits, dim=1)
+    return -(target * torch.log_softmax(logits, dim=1)).sum(dim=1)

@@ -78,18 +78,22 @@ def create_method(
         backbone: the network (see :func:`shiftlab.create_backbone`).
         num_classes: number of classes.
         hparams: the method's ``Hparams`` instance or a dict validated into one.
-        optimizer: optimizer factory (default Adam, lr 1e-3) for trainable methods.
+        optimizer: optimizer factory (default Adam, lr 1e-3) for trainable methods; for
+            test-time methods, of the adapted parameters (default: the paper's, see the
+            method's ``Hparams``).
     """
     cls = METHODS.get(name)
     if not isinstance(hparams, cls.Hparams):
         hparams = make_hparams(name, hparams)
     if issubclass(cls, TrainableMethod):
         return cls(backbone, num_classes, hparams, optimizer or OptimizerFactory())
+    if issubclass(cls, TestTimeMethod):  # None: the method's own (paper's) optimizer
+        return cls(backbone, num_classes, hparams, optimizer)
     return cls(backbone, num_classes, hparams)
 
 
 # Registration happens on import of the method modules.
-from shiftlab.methods import erm, fewshot, uda  # noqa: E402,F401
+from shiftlab.methods import erm, fewshot, tta, uda  # noqa: E402,F401
 
 __all__ = [
     "METHODS",

@@ -102,3 +102,19 @@ def test_mi_align_checks_its_stage_lengths_against_the_recipe() -> None:
     method.set_progress(0.41)
     losses = method.update(_pair())
     assert bool(method.stage2_started) and "mi" in losses and "pseudo_frac" in losses
+
+
+def test_dann_discriminator_dropout_is_a_hyper_parameter() -> None:
+    """``disc_dropout=0`` gives a plain 3-layer MLP (pytorch-adapt's Discriminator shape)."""
+    from shiftlab.methods import make_hparams
+
+    backbone = create_backbone("dann_cnn", in_chans=3, num_classes=10, image_size=28)
+    hp = make_hparams("dann", {"disc_input": "features", "disc_hidden": 256, "disc_dropout": 0.0})
+    method = create_method("dann", backbone=backbone, num_classes=10, hparams=hp)
+    drops = [m for m in method.discriminator.modules() if isinstance(m, torch.nn.Dropout)]
+    assert drops and all(m.p == 0.0 for m in drops)
+    linears = [m for m in method.discriminator.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(128, 256), (256, 256), (256, 1)]
+    method.train()
+    x = torch.rand(6, 128)
+    assert torch.equal(method.discriminator(x), method.discriminator(x))  # no dropout noise

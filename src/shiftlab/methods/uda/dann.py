@@ -36,6 +36,8 @@ class DannHparams:
             convolutional output, as in Ganin et al.'s MNIST network and the MNIST-M study:
             "a branch of linear layers with a gradient reversal layer after the
             convolutional feature extractor") or ``features`` (the penultimate layer).
+        disc_dropout: dropout after each hidden layer of the discriminator (0.5; 0 gives
+            the plain three-layer MLP that e.g. pytorch-adapt's ``Discriminator`` uses).
         lr_schedule: ``constant``, ``dann`` (``(1 + 10 p) ** -0.75``, the paper's annealing)
             or ``cosine``.
     """
@@ -45,6 +47,7 @@ class DannHparams:
     gamma: float = 10.0
     disc_hidden: int = 1024
     disc_input: str = "trunk"
+    disc_dropout: float = 0.5
     lr_schedule: str = "constant"
 
 
@@ -72,7 +75,7 @@ class DANN(UdaMethod):
         if hparams.disc_input not in ("trunk", "features"):
             raise RecipeError(f"disc_input must be trunk or features, got {hparams.disc_input!r}.")
         width = backbone.trunk_features if hparams.disc_input == "trunk" else backbone.num_features
-        self.discriminator = DomainDiscriminator(width, hparams.disc_hidden)
+        self.discriminator = DomainDiscriminator(width, hparams.disc_hidden, hparams.disc_dropout)
         self.opt = optimizer(self.parameters())
 
     def adversarial_weight(self) -> float:
