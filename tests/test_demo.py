@@ -23,3 +23,4 @@ def test_quick_demo_runs_and_writes_figures(tmp_path: Path, monkeypatch: pytest.
     for key in ("uda/source_only/digits_m/test", "uda/dann/digits_m/test", "uda/adamatch/digits_m/test"):
         assert 0.0 < result.metrics[key] <= 1.0
     assert (tmp_path / "demo" / "fewshot_accuracy.png").is_file()
+    assert "PINN stage" in result.markdown and (tmp_path / "demo" / "pinn_sir.png").is_file()

@@ -24,6 +24,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(no_args_is_help=True, help="Check and prepare data files.")
 app.add_typer(data_app, name="data")
+pinn_app = typer.Typer(no_args_is_help=True, help="Query and evaluate saved physics-informed ODE solvers.")
+app.add_typer(pinn_app, name="pinn")
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -207,6 +209,88 @@ def report(
     result = rep.report(path, out_dir)
     out.print(result.markdown, markup=False, highlight=False)
     out.print(f"Written: {', '.join(str(p) for p in result.files)}")
+
+
+SolverArg = typer.Argument(..., help="A saved solver: <run folder>/solver.json (or its stem), from `shiftlab run recipes/pinn/...`.")
+IcOpt = typer.Option([], "--ic", help="Initial values: --ic I=0.25,R=0.1 (eval also takes ranges: I=0.1:0.3).")
+ParamOpt = typer.Option([], "--param", help="Parameters: --param beta=0.9 (eval also takes ranges: beta=0.5:0.9).")
+
+
+@pinn_app.command("solve")
+def pinn_solve(
+    solver: Path = SolverArg,
+    ic: list[str] = IcOpt,
+    param: list[str] = ParamOpt,
+    t: str | None = typer.Option(None, "--t", help="Times: '0,5,10' or 'start:stop:count' (default: 11 points over the span)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Answer one (initial state, parameters) query with a trained solver, no retraining."""
+    import numpy as np
+
+    from shiftlab.pinn.run import parse_assignments, solve_checkpoint
+
+    times = None
+    if t:
+        parts = t.split(":")
+        try:
+            if len(parts) == 3:
+                times = np.linspace(float(parts[0]), float(parts[1]), int(parts[2])).tolist()
+            else:
+                times = [float(x) for x in t.split(",") if x.strip()]
+        except ValueError:
+            raise ShiftlabError(f"--t {t!r}: expected '0,5,10' or 'start:stop:count'.") from None
+    res = solve_checkpoint(solver, parse_assignments(ic, "--ic"), parse_assignments(param, "--param"), times)
+    if as_json:
+        out.print_json(json.dumps(res))
+        return
+    table = Table(title=f"{solver}: z0={res['z0']} theta={res['theta']}")
+    for col in ["t", *res["state"]]:
+        table.add_column(col, justify="right")
+    for ti, zi in zip(res["t"], res["z"], strict=True):
+        table.add_row(f"{ti:g}", *(f"{v:.6f}" for v in zi))
+    out.print(table)
+    if not res["inside_box"]:
+        err.print(f"Warning: the query lies outside the solver's training box ({res['box']}); "
+                  "this answer is an extrapolation. Check it with `shiftlab pinn eval` or fine-tune.")
+
+
+@pinn_app.command("eval")
+def pinn_eval(
+    solver: Path = SolverArg,
+    ic: list[str] = IcOpt,
+    param: list[str] = ParamOpt,
+    t_span: str | None = typer.Option(None, "--t-span", help="Another time span: '0,30'."),
+    grid: int = typer.Option(5, "--grid", min=1, help="Problems per bundle dimension."),
+    png: Path | None = typer.Option(None, "--png", help="Write a trajectory plot (PINN vs solve_ivp) here."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Compare a trained solver with solve_ivp on its box, or on changed values/ranges."""
+    from shiftlab.pinn.run import evaluate_checkpoint, parse_assignments
+
+    span = None
+    if t_span:
+        try:
+            span = [float(x) for x in t_span.split(",")]
+            assert len(span) == 2
+        except (ValueError, AssertionError):
+            raise ShiftlabError(f"--t-span {t_span!r}: expected 't0,t1', e.g. 0,30.") from None
+    try:
+        res = evaluate_checkpoint(solver, parse_assignments(ic, "--ic") or None,
+                                  parse_assignments(param, "--param") or None, span, grid=grid, png=png)
+    except ValueError as exc:
+        raise ShiftlabError(f"pinn eval: {exc}") from None
+    if as_json:
+        out.print_json(json.dumps(res))
+        return
+    table = Table(title=f"{solver} vs solve_ivp on {res['box']}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in res.items():
+        if k != "box":
+            table.add_row(k, f"{v:.3e}" if isinstance(v, float) else str(v))
+    out.print(table)
+    if png:
+        out.print(f"Written: {png}")
 
 
 @data_app.command("verify")

@@ -10,6 +10,9 @@ Stage 2 (domain adaptation): ``source_only``, ``dann`` and ``adamatch`` (LeNet-5
 test split.
 
 Stage 3 (few-shot): ProtoNet 5-way 1-shot on digits never seen in meta-training.
+
+Stage 4 (physics-informed network): the source document's SIR problem solved by a PINN and
+compared with ``solve_ivp`` (a few seconds).
 """
 
 from __future__ import annotations
@@ -76,6 +79,11 @@ def run_demo(out_dir: str | Path = "demo_out", quick: bool = False, progress: bo
     fs_lines, fs_figs = demo_stage(out_dir, iterations=30 if quick else 150)
     lines += [""] + fs_lines
     figures += fs_figs
+    from shiftlab.pinn.run import demo_stage as pinn_stage
+
+    pinn_lines, pinn_figs = pinn_stage(out_dir)
+    lines += [""] + pinn_lines
+    figures += pinn_figs
     seconds = time.perf_counter() - t0
     lines += ["", f"Total time: {seconds:.1f} s"]
     return DemoResult("\n".join(lines), figures, seconds, accs)

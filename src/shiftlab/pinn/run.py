@@ -362,6 +362,78 @@ def _compare_histories(ft: History, sc: History) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- CLI helpers
 
 
+def parse_assignments(items: list[str] | None, what: str) -> dict[str, Any]:
+    """``["S=0.75", "I=0.1:0.3"]`` -> ``{"S": 0.75, "I": [0.1, 0.3]}`` (CLI values and ranges).
+
+    Raises:
+        ShiftlabError: an item without ``=`` or with a value that is not a number or ``lo:hi``.
+    """
+    out: dict[str, Any] = {}
+    for item in items or []:
+        for part in (p for p in item.split(",") if p.strip()):
+            name, eq, value = part.partition("=")
+            try:
+                if not eq or not name.strip():
+                    raise ValueError
+                lo, colon, hi = value.partition(":")
+                out[name.strip()] = [float(lo), float(hi)] if colon else float(value)
+            except ValueError:
+                raise ShiftlabError(
+                    f"{what} {part!r}: expected NAME=VALUE or NAME=LOW:HIGH, e.g. I=0.25 or beta=0.5:0.9."
+                ) from None
+    return out
+
+
+def solve_checkpoint(
+    path: str | os.PathLike[str],
+    ic: dict[str, float] | None = None,
+    params: dict[str, float] | None = None,
+    times: list[float] | None = None,
+) -> dict[str, Any]:
+    """Answer one query with a saved solver, without retraining (``shiftlab pinn solve``).
+
+    Args:
+        path: the saved solver (``solver.json`` or its stem).
+        ic: initial values by state name; unspecified ones are the box centre's (a
+            ``remainder`` component such as ``S = 1 - I - R`` follows the others).
+        params: parameter values by name (default: the box centre's).
+        times: query times (default: 11 points over the box's time span).
+
+    Returns:
+        ``{"t": [T], "state": names, "z": [T][n_state], "z0", "theta", "inside_box": bool,
+        "box": description}``; ``inside_box`` is False when the query lies outside the
+        ranges the solver was trained on (the answer is then an extrapolation).
+
+    Raises:
+        ShiftlabError: unknown names or values a box cannot take (e.g. a negative remainder).
+    """
+    solver = Solver.load(path)
+    box = solver.box
+    try:
+        point = box.replace(None, {k: float(v) for k, v in (ic or {}).items()},
+                            {k: float(v) for k, v in (params or {}).items()})
+        # collapse the remaining bundle ranges to the box centre
+        z0c, thc = box.defaults(torch.float64)
+        centre = {n: float(z0c[i]) for i, n in enumerate(box.system.state) if isinstance(point.ic.get(n), tuple)}
+        centre_p = {n: float(thc[i]) for i, n in enumerate(box.system.params) if isinstance(point.params.get(n), tuple)}
+        point = point.replace(None, centre, centre_p)
+    except ValueError as exc:
+        raise ShiftlabError(f"pinn solve: {exc}") from None
+    z0, theta = point.defaults(torch.float64)
+    t0, t1 = box.t_span
+    t = torch.tensor(times if times else np.linspace(t0, t1, 11).tolist(), dtype=torch.float64)
+    z = solver.predict(t, z0, theta)
+    inside = bool(box.contains(box.coords(z0.unsqueeze(0), theta.unsqueeze(0)))[0]) and bool(
+        ((t >= t0) & (t <= t1)).all()
+    )
+    return {
+        "t": t.tolist(), "state": list(box.system.state), "z": z.tolist(),
+        "z0": dict(zip(box.system.state, z0.tolist(), strict=True)),
+        "theta": dict(zip(box.system.params, theta.tolist(), strict=True)),
+        "inside_box": inside, "box": box.describe(),
+    }
+
+
 def evaluate_checkpoint(
     path: str | os.PathLike[str],
     ic: dict[str, Any] | None = None,
