@@ -56,7 +56,6 @@ PLAN: list[tuple[str, str, dict[str, Any]]] = [
     ("lake", "omniglot_protonet.yaml", {"train.way": 20, "train.within_group": True, "train.eval_every": 500}),
     ("lake", "omniglot_matching.yaml", {"train.iterations": 400, "train.eval_every": 200}),
     ("lake", "omniglot_triplet.yaml", {"train.iterations": 400, "train.batch_size": 64, "train.eval_every": 200}),
-    ("lake", "omniglot_triplet.yaml", {"train.iterations": 2000, "train.batch_size": 64, "train.eval_every": 500}),
     ("lake", "omniglot_siamese.yaml", {"train.iterations": 600, "train.batch_size": 64, "train.eval_every": 300}),
     ("lake", "omniglot_baseline_pp.yaml", {"train.iterations": 600, "train.eval_every": 300}),
     ("lake", "omniglot_maml.yaml", {"train.iterations": 100, "train.eval_every": 50,

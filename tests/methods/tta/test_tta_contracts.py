@@ -15,7 +15,9 @@ from shiftlab.methods import METHODS, base, create_method
 from shiftlab.methods.tta.common import TtaMethod, batchnorm_layers
 from shiftlab.optim import OptimizerFactory
 
-TTA = [n for n in METHODS.names() if issubclass(METHODS.get(n), base.TestTimeMethod)]
+TTA = [n for n in METHODS.names() if issubclass(METHODS.get(n), base.TestTimeMethod)
+       and getattr(METHODS.get(n), "backbone_kind", "any") == "any"]
+# methods that need a CLIP backbone (tpt) have their contract test in test_tpt.py
 # small settings so the contract runs in well under a second per method
 FAST = {"memo": {"n_augmentations": 4, "hflip": False}, "cotta": {"n_augmentations": 3, "aug_threshold": 1.0}}
 

@@ -177,10 +177,13 @@ class TtaMethod(TestTimeMethod):
 
     Attributes:
         default_optimizer: the paper's optimizer, used when none is passed.
+        backbone_kind: what backbone the method needs: ``"any"`` :class:`Backbone`, or
+            ``"clip"`` (a :class:`~shiftlab.backbones.clip.ClipClassifier`, e.g. ``tpt``).
         opt: the optimizer of :meth:`adapted_parameters` (``None`` when nothing is adapted).
     """
 
     default_optimizer: ClassVar[OptimizerFactory] = OptimizerFactory()
+    backbone_kind: ClassVar[str] = "any"
 
     def __init__(self, backbone: Backbone, num_classes: int, hparams: Any,
                  optimizer: OptimizerFactory | None = None) -> None:
