@@ -51,9 +51,9 @@ log = logging.getLogger("bench_fewshot")
 # (part, recipe file, overrides). Budgets are sized for 2 shared CPU cores; see the notes.
 PLAN: list[tuple[str, str, dict[str, Any]]] = [
     # Lake's 20 runs, meta-trained on the minimal background sets only
-    ("lake", "omniglot_protonet.yaml", {"train.iterations": 1500, "train.way": 30, "train.eval_every": 250}),
     ("lake", "omniglot_protonet.yaml", {"train.eval_every": 500}),  # the recipe: 2,000 60-way episodes
-    ("lake", "omniglot_protonet.yaml", {"train.way": 20, "train.within_group": True, "train.eval_every": 500}),
+    ("lake", "omniglot_protonet.yaml", {"train.way": 20, "train.within_group": True, "train.iterations": 1000,
+                                        "train.eval_every": 500}),
     ("lake", "omniglot_matching.yaml", {"train.iterations": 400, "train.eval_every": 200}),
     ("lake", "omniglot_triplet.yaml", {"train.iterations": 400, "train.batch_size": 64, "train.eval_every": 200}),
     ("lake", "omniglot_siamese.yaml", {"train.iterations": 600, "train.batch_size": 64, "train.eval_every": 300}),

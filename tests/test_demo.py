@@ -23,4 +23,9 @@ def test_quick_demo_runs_and_writes_figures(tmp_path: Path, monkeypatch: pytest.
     for key in ("uda/source_only/digits_m/test", "uda/dann/digits_m/test", "uda/adamatch/digits_m/test"):
         assert 0.0 < result.metrics[key] <= 1.0
     assert (tmp_path / "demo" / "fewshot_accuracy.png").is_file()
+    # the test-time adaptation stage: BatchNorm adaptation and Tent beat the source model
+    assert "Test-time adaptation stage" in result.markdown
+    assert result.metrics["tta/tent/err"] < 0.6 * result.metrics["tta/source/err"]
+    assert result.metrics["tta/norm/err"] < 0.6 * result.metrics["tta/source/err"]
+    assert (tmp_path / "demo" / "tta_errors.png").is_file()
     assert "PINN stage" in result.markdown and (tmp_path / "demo" / "pinn_sir.png").is_file()

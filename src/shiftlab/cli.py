@@ -100,7 +100,7 @@ def run(
         return
     name = results[0].get("recipe", recipe.stem)
     table = Table(title=f"{name} ({len(results)} seed(s))")
-    keys = sorted({k for r in results for k in r["metrics"]})[:8]
+    keys = sorted({k for r in results for k in r["metrics"] if not k.startswith("per_shift/")})[:8]
     table.add_column("seed")
     for k in keys:
         table.add_column(k)
@@ -113,7 +113,7 @@ def run(
 def _fmt_metric(key: str, value: object) -> str:
     if not isinstance(value, (int, float)):
         return "-"
-    return f"{100 * value:.2f}" if key.endswith("acc") else f"{value:.4g}"
+    return f"{100 * value:.2f}" if key.endswith(("acc", "/err")) else f"{value:.4g}"
 
 
 @app.command()

@@ -243,13 +243,16 @@ def format_validation_error(exc: pydantic.ValidationError, model: type[BaseModel
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     cur: Any = model
+    mapping_key = False  # the next part is a key of a ``dict[str, Model]`` field
     for part in loc:
-        if isinstance(part, int):
+        if isinstance(part, int) or mapping_key:
+            mapping_key = False
             continue
         field = cur.model_fields.get(part) if isinstance(cur, type) and issubclass(cur, BaseModel) else None
         if field is None:
             return []
         ann = field.annotation
+        mapping_key = getattr(ann, "__origin__", None) is dict
         cur = _unwrap_model(ann)
         if cur is None:
             return []

@@ -34,6 +34,7 @@ __all__ = [
     "curve_panels",
     "curves_with_band",
     "embedding_scatter",
+    "grouped_bars",
     "image_grid",
     "learning_curves",
     "save_figure",
@@ -190,6 +191,48 @@ def bar_with_ci(
         ``path``.
     """
     return bar_panels([BarPanel(title, list(labels), list(means), list(cis), ylabel)], path, ncols=1)
+
+
+def grouped_bars(
+    groups: Sequence[str],
+    series: Mapping[str, Sequence[float]],
+    path: str | os.PathLike[str],
+    ylabel: str = "",
+    title: str = "",
+) -> Path:
+    """Grouped bar chart: one group of bars per entry of ``groups``, one bar (and colour)
+    per series, e.g. the error of each test-time method (series) per corruption (groups).
+
+    Args:
+        groups: x-axis group labels.
+        series: label -> one value per group (``nan``: no bar), in the unit to display.
+        path: output PNG.
+        ylabel: y-axis label.
+        title: chart title.
+
+    Returns:
+        ``path``.
+    """
+    if not groups or not series:
+        raise ValueError("grouped_bars() needs at least one group and one series")
+    for label, values in series.items():
+        if len(values) != len(groups):
+            raise ValueError(f"series {label!r} has {len(values)} values for {len(groups)} groups")
+    n = len(series)
+    width = 0.8 / n
+    x = np.arange(len(groups))
+    fig = Figure(figsize=(max(6.0, 0.25 * n * len(groups) + 2.0), 3.8), layout="constrained")
+    ax = fig.subplots()
+    for i, (label, values) in enumerate(series.items()):
+        ax.bar(x - 0.4 + (i + 0.5) * width, np.nan_to_num(np.asarray(values, dtype=np.float64)), width,
+               label=label, color=f"C{i % 10}", edgecolor="black", linewidth=0.3)
+    ax.set_xticks(x, [str(g) for g in groups], rotation=35 if len(groups) > 4 else 0,
+                  ha="right" if len(groups) > 4 else "center", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncols=min(n, 4), loc="best")
+    return save_figure(fig, path)
 
 
 def _draw_curves(ax: Any, panel: CurvePanel) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 
 from shiftlab.errors import RecipeError, TrainingError
 from shiftlab.experiment.fewshot_run import (
@@ -162,3 +163,18 @@ def test_demo_stage_is_quick_and_learns(tmp_path: Path, monkeypatch: pytest.Monk
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     acc_1shot = float(text.split("| 5-way 1-shot | ")[1].split(" ")[0])
     assert acc_1shot > 20 + 20  # chance is 20%
+
+
+def test_minimal_sets_merge_deduplicates_greek_and_latin_and_keeps_alphabets(shared_data: Path) -> None:
+    """small1 + small2 share Greek and Latin: 136 + 156 characters, 50 of them in both, so
+    the pool has 242 classes (x4 rotations), each with its alphabet (within-alphabet
+    episodes need it), and a class split never puts one character on both sides."""
+    raw = yaml.safe_load((REPO / "recipes" / "fewshot" / "omniglot_class_ratio.yaml").read_text())
+    rec, _ = load_fewshot_recipe(raw)
+    data = prepare(rec, str(shared_data))
+    names = [*data.train.classes, *data.val.classes, *data.evals["heldout"].classes]
+    assert len(names) == len(set(names)) == 242
+    pro = yaml.safe_load((REPO / "recipes" / "fewshot" / "omniglot_protonet.yaml").read_text())
+    train = prepare(load_fewshot_recipe(pro)[0], str(shared_data)).train
+    assert train.num_classes == 4 * 242 and len(train.info["class_alphabet"]) == train.num_classes
+    assert len(set(train.info["class_alphabet"])) == 8  # 5 + 5 alphabets, Greek and Latin once

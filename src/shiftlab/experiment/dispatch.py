@@ -5,7 +5,8 @@ launchers treat them alike:
 
 * ``train`` (default): supervised and domain-adaptation training (:mod:`shiftlab.experiment.run`);
 * ``fewshot``: episodic meta-training and few-shot evaluation;
-* ``pinn``: physics-informed ODE solvers.
+* ``pinn``: physics-informed ODE solvers;
+* ``tta``: test-time adaptation of one source model under many shifts (:mod:`shiftlab.experiment.tta_run`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from shiftlab.config import read_recipe_mapping as read_raw
 from shiftlab.errors import RecipeError
 from shiftlab.experiment.run import Experiment, RunOptions
 
-KINDS = ("train", "fewshot", "pinn")
+KINDS = ("train", "fewshot", "pinn", "tta")
 
 
 def recipe_kind(raw: dict[str, Any]) -> str:
@@ -45,6 +46,10 @@ def run_recipe(
         from shiftlab.experiment.fewshot_run import run_fewshot
 
         return run_fewshot(raw, overrides, options, seeds)
+    if kind == "tta":
+        from shiftlab.experiment.tta_run import run_tta
+
+        return run_tta(raw, overrides, options, seeds)
     from shiftlab.pinn.run import run_pinn
 
     return run_pinn(raw, overrides, options.runs_dir, seeds, options.resume)

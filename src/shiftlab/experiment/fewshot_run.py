@@ -309,7 +309,7 @@ def _load_pool(source: str, splits: Sequence[str], data_dir: str | None, downloa
     parts = [load_split(source, s, data_dir, download, image_size) for s in splits]
     if len(parts) == 1:
         return parts[0]
-    if all(isinstance(p.info.get("alphabet"), list) for p in parts):
+    if all(isinstance(p.info.get("alphabet"), (list, tuple)) for p in parts):
         return merge_omniglot(parts)
     offset, xs, ys = 0, [], []
     for p in parts:  # distinct label spaces per split (e.g. few-shot splits of one dataset)

@@ -354,12 +354,19 @@ class Table:
 
 
 def is_accuracy(metric: str) -> bool:
-    """Metric names ending with ``acc`` are accuracies (fractions in [0, 1])."""
-    return metric.endswith("acc")
+    """Metric names ending with ``acc`` are accuracies, and those ending with ``/err``
+    error rates (test-time adaptation runs): fractions in [0, 1], shown in %."""
+    return metric.endswith("acc") or metric.endswith("/err")
+
+
+def _unit(metric: str) -> str:
+    return "error (%)" if metric.endswith("/err") else "accuracy (%)"
 
 
 def _metric_order(metric: str) -> tuple[int, str]:
-    return (2 if metric.startswith("train/") else 1 if metric.startswith("source_val/") else 0, metric)
+    # TTA runs: the per-method means before the per-shift detail (``per_shift/...``)
+    late = metric.startswith(("source_val/", "per_shift/"))
+    return (2 if metric.startswith("train/") else 1 if late else 0, metric)
 
 
 def _dedupe(records: Iterable[RunRecord], warnings: list[str]) -> list[RunRecord]:
@@ -531,7 +538,7 @@ def _bar_panels(table: Table, notes: list[str]) -> list[Any]:
             labels=[r.variant for r in rows],
             means=[scale * r.summary.mean for r in rows],
             cis=[scale * r.summary.ci95 for r in rows],
-            ylabel=("accuracy (%)" if scale == 100.0 else metric) + (" ± 95% CI" if len(rows) else ""),
+            ylabel=(_unit(metric) if scale == 100.0 else metric) + (" ± 95% CI" if len(rows) else ""),
         ))
     return panels
 
@@ -615,7 +622,7 @@ def _curve_panels(records: Sequence[RunRecord], table: Table, root: Path, proble
             lines.append(Curve(variant, eps, [scale * x.mean for x in s],
                                [scale * x.low for x in s], [scale * x.high for x in s]))
         panels.append(CurvePanel(f"{recipe}: {metric}" if multi else metric, lines, "epoch",
-                                 ("accuracy (%)" if scale == 100.0 else metric) + ", mean ± 95% CI"))
+                                 (_unit(metric) if scale == 100.0 else metric) + ", mean ± 95% CI"))
     return panels
 
 
@@ -702,7 +709,7 @@ def report(runs_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str] | N
         + (f" Skipped: {len(found.unfinished)} unfinished, {len(found.corrupt)} corrupt (see Warnings)."
            if found.unfinished or found.corrupt else ""),
         "Mean ± 95% confidence interval of the mean (Student t; over seeds, or over the pooled test "
-        "episodes for few-shot metrics). Accuracies in %.",
+        "episodes for few-shot metrics). Accuracies and error rates in %.",
         "",
         to_markdown(table),
     ]
