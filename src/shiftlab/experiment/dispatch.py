@@ -6,7 +6,10 @@ launchers treat them alike:
 * ``train`` (default): supervised and domain-adaptation training (:mod:`shiftlab.experiment.run`);
 * ``fewshot``: episodic meta-training and few-shot evaluation;
 * ``pinn``: physics-informed ODE solvers;
-* ``tta``: test-time adaptation of one source model under many shifts (:mod:`shiftlab.experiment.tta_run`).
+* ``tta``: test-time adaptation of one source model under many shifts (:mod:`shiftlab.experiment.tta_run`);
+* ``tpt``: CLIP test-time prompt tuning (``recipes/tta/imagenet_tpt.yaml``): the recipe is
+  validated and documented, but ``shiftlab run`` does not execute it yet; the error says how
+  to run it from Python.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from shiftlab.config import read_recipe_mapping as read_raw
 from shiftlab.errors import RecipeError
 from shiftlab.experiment.run import Experiment, RunOptions
 
-KINDS = ("train", "fewshot", "pinn", "tta")
+KINDS = ("train", "fewshot", "pinn", "tta", "tpt")
 
 
 def recipe_kind(raw: dict[str, Any]) -> str:
@@ -50,6 +53,13 @@ def run_recipe(
         from shiftlab.experiment.tta_run import run_tta
 
         return run_tta(raw, overrides, options, seeds)
+    if kind == "tpt":
+        raise RecipeError(
+            "kind: tpt recipes (CLIP test-time prompt tuning) are not run by `shiftlab run` yet. From "
+            "Python: shiftlab.backbones.clip.load_clip_classifier(...) builds the CLIP classifier from the "
+            "recipe's backbone fields, and create_method('tpt', backbone=..., num_classes=...) adapts it "
+            "(see the recipe's header and src/shiftlab/methods/tta/tpt.py)."
+        )
     from shiftlab.pinn.run import run_pinn
 
     return run_pinn(raw, overrides, options.runs_dir, seeds, options.resume)
