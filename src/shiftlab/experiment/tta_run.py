@@ -116,6 +116,8 @@ from shiftlab.seeding import epoch_generator, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 
+ProtocolName = Literal["online", "continual", "episodic", "single"]
+
 __all__ = [
     "CORRUPTIONS",
     "TtaRecipe",
@@ -311,7 +313,7 @@ class TtaMethodSpec(_Strict):
     method: str | None = None
     hparams: dict[str, Any] = Field(default_factory=dict)
     optimizer: OptimizerCfg | None = None
-    protocol: Literal["online", "continual", "episodic", "single"] | None = None
+    protocol: ProtocolName | None = None
     batch_size: int | None = Field(default=None, ge=1)
     limit: int | None = Field(default=None, ge=1)
     fisher_samples: int = Field(default=0, ge=0)
@@ -327,7 +329,7 @@ class TtaRecipe(_Strict):
     data: DataFit = Field(default_factory=DataFit)
     eval: TtaEval
     methods: dict[str, TtaMethodSpec | None]
-    protocol: Literal["online", "continual", "episodic", "single"] = "online"
+    protocol: ProtocolName = "online"
     batch_size: int = Field(default=64, ge=1)
     seeds: list[int] = Field(default_factory=lambda: [0])
     device: str = "auto"
