@@ -9,8 +9,11 @@ the folder is absent (it is present in CI, where those tests must run).
 from __future__ import annotations
 
 import os
+import pickle
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -34,3 +37,31 @@ def _torch_threads() -> None:
     # Two cores on CI: keep torch from oversubscribing, and every test deterministic.
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     torch.manual_seed(0)
+
+
+def _write_cifar(root: Path, per_batch: int = 5, hundred: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
+    """Write a tiny CIFAR-10 (``hundred``: CIFAR-100) in torchvision's pickle format under
+    ``root``: ``per_batch`` random images per file; returns the arrays and labels written."""
+    rng = np.random.default_rng(seed)
+    folder = root / ("cifar-100-python" if hundred else "cifar-10-batches-py")
+    folder.mkdir(parents=True)
+    n_cls = 100 if hundred else 10
+    names = (["train"], ["test"]) if hundred else ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"])
+    label_key = "fine_labels" if hundred else "labels"
+    out: dict[str, list] = {"train": [], "test": [], "train_y": [], "test_y": []}
+    for split, files in zip(("train", "test"), names, strict=True):
+        for f in files:
+            data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+            labels = rng.integers(0, n_cls, per_batch).tolist()
+            (folder / f).write_bytes(pickle.dumps({"data": data, label_key: labels, "batch_label": f}, protocol=2))
+            out[split].append(data)
+            out[f"{split}_y"] += labels
+    meta = {"fine_label_names": [f"c{i}" for i in range(100)]} if hundred else {"label_names": [f"c{i}" for i in range(10)]}
+    (folder / ("meta" if hundred else "batches.meta")).write_bytes(pickle.dumps(meta, protocol=2))
+    return {k: (np.concatenate(v) if k in ("train", "test") else np.array(v)) for k, v in out.items()}
+
+
+@pytest.fixture
+def write_cifar() -> Callable[..., dict[str, np.ndarray]]:
+    """``write_cifar(root, per_batch=5, hundred=False, seed=0)``: a CIFAR fixture writer."""
+    return _write_cifar

@@ -28,4 +28,7 @@ def test_quick_demo_runs_and_writes_figures(tmp_path: Path, monkeypatch: pytest.
     assert result.metrics["tta/tent/err"] < 0.6 * result.metrics["tta/source/err"]
     assert result.metrics["tta/norm/err"] < 0.6 * result.metrics["tta/source/err"]
     assert (tmp_path / "demo" / "tta_errors.png").is_file()
+    # data selection: fine-tuning on the whole digits_m pool beats a quarter of it chosen at random
+    assert result.metrics["transfer/full/acc"] > result.metrics["transfer/random@0.25/acc"]
+    assert (tmp_path / "demo" / "transfer_curves.png").is_file()
     assert "PINN stage" in result.markdown and (tmp_path / "demo" / "pinn_sir.png").is_file()

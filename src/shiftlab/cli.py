@@ -144,7 +144,7 @@ def sweep(
 
 @app.command("list")
 def list_(
-    kind: str = typer.Argument(..., help="datasets, methods, backbones, shifts or recipes."),
+    kind: str = typer.Argument(..., help="datasets, methods, backbones, shifts, selections or recipes."),
     as_json: bool = typer.Option(False, "--json", help="JSON: a list of objects with name and summary."),
 ) -> None:
     """List what is registered."""
@@ -172,10 +172,14 @@ def list_entries(kind: str) -> list[dict[str, str]]:
         from shiftlab.backbones import BACKBONES as reg
     elif kind == "shift":
         from shiftlab.data.shifts import SHIFTS as reg
+    elif kind == "selection":
+        from shiftlab.methods.transfer.selection import SELECTIONS as reg
     elif kind == "recipe":
         return list_recipes()
     else:
-        raise ShiftlabError(f"Unknown kind {kind!r}: use datasets, methods, backbones, shifts or recipes.")
+        raise ShiftlabError(
+            f"Unknown kind {kind!r}: use datasets, methods, backbones, shifts, selections or recipes."
+        )
     return [e.as_dict() for e in reg.entries()]
 
 

@@ -17,6 +17,10 @@ compared with ``solve_ivp`` (a few seconds).
 Stage 5 (test-time adaptation): ``source`` vs ``norm`` vs ``tent`` on the digits test set
 under four corruptions at severity 5 (:func:`shiftlab.experiment.tta_run.demo_stage`, about
 10 s).
+
+Stage 6 (data selection for transfer): a LeNet trained on ``digits`` fine-tuned on a quarter
+of ``digits_m`` chosen at random, by highest entropy and by k-center, against the whole pool
+(:func:`shiftlab.experiment.transfer_run.demo_stage`, about 10 s).
 """
 
 from __future__ import annotations
@@ -94,6 +98,12 @@ def run_demo(out_dir: str | Path = "demo_out", quick: bool = False, progress: bo
     lines += [""] + tta_lines
     figures += tta_figs
     accs.update(tta_metrics)
+    from shiftlab.experiment.transfer_run import demo_stage as transfer_stage
+
+    tr_lines, tr_metrics, tr_figs = transfer_stage(out_dir)
+    lines += [""] + tr_lines
+    figures += tr_figs
+    accs.update(tr_metrics)
     seconds = time.perf_counter() - t0
     lines += ["", f"Total time: {seconds:.1f} s"]
     return DemoResult("\n".join(lines), figures, seconds, accs)

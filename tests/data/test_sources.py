@@ -239,28 +239,8 @@ def test_omniglot_runs(shared_data: Path) -> None:
 # ----------------------------------------------------------------------------- CIFAR
 
 
-def write_cifar(root: Path, per_batch: int = 5, hundred: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    folder = root / ("cifar-100-python" if hundred else "cifar-10-batches-py")
-    folder.mkdir(parents=True)
-    n_cls = 100 if hundred else 10
-    names = (["train"], ["test"]) if hundred else ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"])
-    label_key = "fine_labels" if hundred else "labels"
-    out: dict[str, list] = {"train": [], "test": [], "train_y": [], "test_y": []}
-    for split, files in zip(("train", "test"), names, strict=True):
-        for f in files:
-            data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
-            labels = rng.integers(0, n_cls, per_batch).tolist()
-            (folder / f).write_bytes(pickle.dumps({"data": data, label_key: labels, "batch_label": f}, protocol=2))
-            out[split].append(data)
-            out[f"{split}_y"] += labels
-    meta = {"fine_label_names": [f"c{i}" for i in range(100)]} if hundred else {"label_names": [f"c{i}" for i in range(10)]}
-    (folder / ("meta" if hundred else "batches.meta")).write_bytes(pickle.dumps(meta, protocol=2))
-    return {k: (np.concatenate(v) if k in ("train", "test") else np.array(v)) for k, v in out.items()}
-
-
 @pytest.mark.parametrize("hundred", [False, True])
-def test_cifar_fixture_loads(tmp_path: Path, hundred: bool) -> None:
+def test_cifar_fixture_loads(tmp_path: Path, hundred: bool, write_cifar) -> None:
     ref = write_cifar(tmp_path, hundred=hundred)
     name = "cifar100" if hundred else "cifar10"
     tr = load_dataset(name, "train", data_dir=tmp_path)
@@ -273,7 +253,7 @@ def test_cifar_fixture_loads(tmp_path: Path, hundred: bool) -> None:
     assert tr.info["verified"] is False  # a fixture cannot match torchvision's MD5s
 
 
-def test_cifar_canonical_size_with_wrong_md5_is_an_error(tmp_path: Path) -> None:
+def test_cifar_canonical_size_with_wrong_md5_is_an_error(tmp_path: Path, write_cifar) -> None:
     write_cifar(tmp_path, per_batch=2)
     big = {"data": np.zeros((10_000, 3072), np.uint8), "labels": [0] * 10_000}
     (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(pickle.dumps(big, protocol=2))
@@ -293,7 +273,7 @@ def test_cifar_real_meta_but_no_batches(shared_data: Path) -> None:
         load_dataset("cifar10", "train", data_dir=shared_data)
 
 
-def test_cifar_malicious_pickle_is_refused(tmp_path: Path) -> None:
+def test_cifar_malicious_pickle_is_refused(tmp_path: Path, write_cifar) -> None:
     write_cifar(tmp_path)
 
     class Evil:

@@ -99,9 +99,9 @@ Table = Literal["auto", "cifar", "imagenet"]
 ShiftFn = Callable[[Tensor, int, torch.Generator, str], Tensor]
 
 SHIFTS: Registry[ShiftFn] = Registry("shift")
-# The seeds' autoencoder "embedding shift" (latent code + additive shift of chosen size) is
-# registered in this registry by a later change; it needs a trained autoencoder, so it will
-# live next to the autoencoder rather than here.
+# The seeds' autoencoder "embedding shift" (latent code + additive shift of chosen size) lives
+# next to its autoencoder in shiftlab.data.embedding_shift and registers itself here (tagged
+# ``needs: autoencoder``: it cannot be applied without a trained model).
 
 _TABLES = ("auto", "cifar", "imagenet")
 _CPU_BLOCK = 1 << 18  # values per block on CPU (1 MiB of float32): 85 RGB 32 x 32 images
@@ -1173,3 +1173,8 @@ def _gaussian_blur_shift(
     """Gaussian blur with sigma 0.5, 1, 1.5, 2, 3 pixels for severities 1..5; ``table`` is
     ignored. See :func:`gaussian_blur` for an explicit sigma."""
     return gaussian_blur(x, _BLUR_SIGMAS[severity - 1])
+
+
+# The seeds' embedding shift needs a trained autoencoder; it registers itself here (last, so
+# that the module above is complete when it imports SHIFTS).
+from shiftlab.data import embedding_shift as _embedding_shift  # noqa: E402,F401

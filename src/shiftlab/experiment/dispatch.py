@@ -7,6 +7,8 @@ launchers treat them alike:
 * ``fewshot``: episodic meta-training and few-shot evaluation;
 * ``pinn``: physics-informed ODE solvers;
 * ``tta``: test-time adaptation of one source model under many shifts (:mod:`shiftlab.experiment.tta_run`);
+* ``transfer``: fine-tuning a source model on subsets of a shifted target chosen by data-selection
+  strategies (:mod:`shiftlab.experiment.transfer_run`);
 * ``tpt``: CLIP test-time prompt tuning (``recipes/tta/imagenet_tpt.yaml``): the recipe is
   validated and documented, but ``shiftlab run`` does not execute it yet; the error says how
   to run it from Python.
@@ -21,7 +23,7 @@ from shiftlab.config import read_recipe_mapping as read_raw
 from shiftlab.errors import RecipeError
 from shiftlab.experiment.run import Experiment, RunOptions
 
-KINDS = ("train", "fewshot", "pinn", "tta", "tpt")
+KINDS = ("train", "fewshot", "pinn", "tta", "tpt", "transfer")
 
 
 def recipe_kind(raw: dict[str, Any]) -> str:
@@ -53,6 +55,10 @@ def run_recipe(
         from shiftlab.experiment.tta_run import run_tta
 
         return run_tta(raw, overrides, options, seeds)
+    if kind == "transfer":
+        from shiftlab.experiment.transfer_run import run_transfer
+
+        return run_transfer(raw, overrides, options, seeds)
     if kind == "tpt":
         raise RecipeError(
             "kind: tpt recipes (CLIP test-time prompt tuning) are not run by `shiftlab run` yet. From "

@@ -42,7 +42,6 @@ import json
 import logging
 import math
 import platform
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -82,7 +81,7 @@ from shiftlab.data.sources import load_dataset
 from shiftlab.data.tensors import TensorData, to_float
 from shiftlab.data.transforms import fit_channels, fit_images
 from shiftlab.errors import RecipeError, ShiftlabError, TrainingError
-from shiftlab.experiment.run import RunExists, RunInterrupted, RunOptions
+from shiftlab.experiment.run import RunExists, RunInterrupted, RunOptions, open_run_folder
 from shiftlab.io import (
     append_jsonl,
     atomic_write_json,
@@ -662,28 +661,9 @@ def _run_seed(recipe: FewShotRecipe, ov: dict[str, Any], data: PreparedData, opt
     out = Path(options.runs_dir) / recipe.name / overrides_id(ov) / f"seed-{seed}"
     ckpt = out / "checkpoint"
     metrics_path = out / "metrics.json"
-    resuming = False
-    if out.exists() and any(out.iterdir()):
-        if options.overwrite:
-            backup = out.with_name(f"{out.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-            shutil.move(str(out), str(backup))
-            log.info("moved the earlier run %s aside to %s", out, backup)
-        elif metrics_path.exists():
-            if options.resume:
-                log.info("%s is finished; keeping it (resume)", out)
-                return json.loads(metrics_path.read_text(encoding="utf-8"))
-            raise RunExists(
-                f"The run {out} already finished (metrics.json exists). Pass --resume to keep it and skip it, "
-                "or --overwrite to run it again (the old folder is kept as a backup)."
-            )
-        elif ckpt.with_suffix(".json").exists():
-            if not options.resume:
-                raise RunExists(
-                    f"An unfinished run with a checkpoint is in {out}. Pass --resume to continue it from its last "
-                    "checkpoint, or --overwrite to start again (the old folder is kept)."
-                )
-            resuming = True
-    out.mkdir(parents=True, exist_ok=True)
+    finished, resuming = open_run_folder(out, options, ckpt.with_suffix(".json"), "from its last checkpoint")
+    if finished is not None:
+        return finished
 
     seed_everything(seed)
     device = resolve_device(options.device or recipe.device)

@@ -143,6 +143,48 @@ def _versions() -> dict[str, str]:
     }
 
 
+def open_run_folder(
+    out: Path, options: RunOptions, unfinished_marker: Path | None, resume_hint: str
+) -> tuple[dict[str, Any] | None, bool]:
+    """Decide what to do with a seed's run folder ``out`` before running it.
+
+    * empty or absent: start (``(None, False)``);
+    * ``options.overwrite``: move it aside to ``<out>.old-<time>`` and start;
+    * finished (``metrics.json``): with ``resume``, return its metrics (``(metrics, False)``:
+      skip the seed); without, :class:`RunExists`;
+    * unfinished: with ``resume``, ``(None, True)`` (continue); without, :class:`RunExists`
+      naming ``resume_hint`` (what ``--resume`` keeps). With ``unfinished_marker`` set, a
+      folder without that file (e.g. no checkpoint yet) simply restarts.
+
+    Returns:
+        ``(finished metrics or None, resuming)``; ``out`` exists afterwards.
+    """
+    metrics_path = out / "metrics.json"
+    resuming = False
+    if out.exists() and any(out.iterdir()):
+        if options.overwrite:
+            backup = out.with_name(f"{out.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+            shutil.move(str(out), str(backup))
+            log.info("moved the earlier run %s aside to %s", out, backup)
+        elif metrics_path.exists():
+            if options.resume:
+                log.info("%s is finished; keeping it (resume)", out)
+                return read_json(metrics_path), False
+            raise RunExists(
+                f"The run {out} already finished (metrics.json exists). Pass --resume to keep it "
+                "and skip it, or --overwrite to run it again (the old folder is kept as a backup)."
+            )
+        elif unfinished_marker is None or unfinished_marker.exists():
+            if not options.resume:
+                raise RunExists(
+                    f"An unfinished run is in {out}. Pass --resume to continue it ({resume_hint}), "
+                    "or --overwrite to start again (the old folder is kept)."
+                )
+            resuming = True
+    out.mkdir(parents=True, exist_ok=True)
+    return None, resuming
+
+
 class Experiment:
     """Runs one recipe (with its overrides) for one or more seeds.
 
@@ -179,28 +221,10 @@ class Experiment:
         out = self.run_dir(seed)
         ckpt = out / "checkpoint"
         metrics_path = out / "metrics.json"
-        resuming = False
-        if out.exists() and any(out.iterdir()):
-            if self.options.overwrite:
-                backup = out.with_name(f"{out.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-                shutil.move(str(out), str(backup))
-                log.info("moved the earlier run %s aside to %s", out, backup)
-            elif metrics_path.exists():
-                if self.options.resume:
-                    log.info("%s is finished; keeping it (resume)", out)
-                    return read_json(metrics_path)
-                raise RunExists(
-                    f"The run {out} already finished (metrics.json exists). Pass --resume to keep it "
-                    "and skip it, or --overwrite to run it again (the old folder is kept as a backup)."
-                )
-            elif ckpt.with_suffix(".json").exists():
-                if not self.options.resume:
-                    raise RunExists(
-                        f"An unfinished run with a checkpoint is in {out}. Pass --resume to continue it "
-                        "from its last checkpoint, or --overwrite to start again (the old folder is kept)."
-                    )
-                resuming = True
-        out.mkdir(parents=True, exist_ok=True)
+        finished, resuming = open_run_folder(out, self.options, ckpt.with_suffix(".json"),
+                                             "from its last checkpoint")
+        if finished is not None:
+            return finished
 
         seed_everything(seed)
         device = resolve_device(self.options.device or self.recipe.device)

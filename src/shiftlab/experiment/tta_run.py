@@ -98,7 +98,7 @@ from shiftlab.data.sources import load_dataset
 from shiftlab.data.tensors import TensorData, to_float, to_uint8
 from shiftlab.data.transforms import fit_dataset
 from shiftlab.errors import DataError, RecipeError, ShiftlabError, TrainingError
-from shiftlab.experiment.run import RunExists, RunInterrupted, RunOptions
+from shiftlab.experiment.run import RunExists, RunInterrupted, RunOptions, open_run_folder
 from shiftlab.io import (
     append_jsonl,
     atomic_write_json,
@@ -699,28 +699,10 @@ def _run_seed(
 ) -> dict[str, Any]:
     out = Path(options.runs_dir) / recipe.name / overrides_id(ov) / f"seed-{seed}"
     metrics_path = out / "metrics.json"
-    resuming = False
-    if out.exists() and any(out.iterdir()):
-        if options.overwrite:
-            backup = out.with_name(f"{out.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-            shutil.move(str(out), str(backup))
-            log.info("moved the earlier run %s aside to %s", out, backup)
-        elif metrics_path.exists():
-            if options.resume:
-                log.info("%s is finished; keeping it (resume)", out)
-                return json.loads(metrics_path.read_text(encoding="utf-8"))
-            raise RunExists(
-                f"The run {out} already finished (metrics.json exists). Pass --resume to keep it and skip it, "
-                "or --overwrite to run it again (the old folder is kept as a backup)."
-            )
-        elif not options.resume:
-            raise RunExists(
-                f"An unfinished run is in {out}. Pass --resume to continue it (the cached source model and the "
-                "finished (method, shift) results are kept), or --overwrite to start again (the old folder is kept)."
-            )
-        else:
-            resuming = True
-    out.mkdir(parents=True, exist_ok=True)
+    finished, resuming = open_run_folder(
+        out, options, None, "the cached source model and the finished (method, shift) results are kept")
+    if finished is not None:
+        return finished
     t_start = time.perf_counter()
     device = resolve_device(options.device or recipe.device)
     methods = _resolved_methods(recipe)

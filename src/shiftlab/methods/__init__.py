@@ -33,15 +33,28 @@ def make_hparams(name: str, values: dict[str, Any] | None = None) -> Any:
     Raises:
         RecipeError: naming the unknown key or wrong type and the allowed keys.
     """
-    cls = METHODS.get(name).Hparams
+    return build_dataclass(METHODS.get(name).Hparams, values, f"method.hparams: {name!r}", "method.hparams.")
+
+
+def build_dataclass(cls: type, values: dict[str, Any] | None, owner: str, key_prefix: str) -> Any:
+    """``cls(**values)`` for a frozen hyper-parameter dataclass, each value validated (and
+    coerced) against its type hint.
+
+    Args:
+        cls: the dataclass.
+        values: field values (missing ones keep their defaults).
+        owner: how an unknown-key message names the owner (``"method.hparams: 'tent'"``).
+        key_prefix: prefix of a key in a wrong-type message (``"method.hparams."``).
+
+    Raises:
+        RecipeError: naming the unknown key or wrong type and the allowed keys.
+    """
     values = dict(values or {})
     allowed = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(allowed))
     if unknown:
-        raise RecipeError(
-            f"method.hparams: {name!r} has no hyper-parameter(s) {', '.join(unknown)}. "
-            f"Allowed: {', '.join(f'{k} (default {f.default!r})' for k, f in allowed.items())}."
-        )
+        listing = ", ".join(f"{k} (default {f.default!r})" for k, f in allowed.items()) or "none"
+        raise RecipeError(f"{owner} has no hyper-parameter(s) {', '.join(unknown)}. Allowed: {listing}.")
     hints = typing.get_type_hints(cls)
     out: dict[str, Any] = {}
     for key, val in values.items():
@@ -50,7 +63,7 @@ def make_hparams(name: str, values: dict[str, Any] | None = None) -> Any:
         except pydantic.ValidationError as exc:
             msg = exc.errors()[0]["msg"]
             raise RecipeError(
-                f"method.hparams.{key}: {val!r} is not a valid {_type_name(hints[key])} ({msg})."
+                f"{key_prefix}{key}: {val!r} is not a valid {_type_name(hints[key])} ({msg})."
             ) from None
     return cls(**out)
 
@@ -93,7 +106,7 @@ def create_method(
 
 
 # Registration happens on import of the method modules.
-from shiftlab.methods import erm, fewshot, tta, uda  # noqa: E402,F401
+from shiftlab.methods import erm, fewshot, transfer, tta, uda  # noqa: E402,F401
 
 __all__ = [
     "METHODS",
