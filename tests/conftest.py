@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,3 +66,21 @@ def _write_cifar(root: Path, per_batch: int = 5, hundred: bool = False, seed: in
 def write_cifar() -> Callable[..., dict[str, np.ndarray]]:
     """``write_cifar(root, per_batch=5, hundred=False, seed=0)``: a CIFAR fixture writer."""
     return _write_cifar
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Callable[[list[str]], tuple[int, str, str]]:
+    """``cli(["list", "methods"]) -> (exit code, stdout, stderr)``: the ``shiftlab`` command in-process."""
+    from shiftlab.cli import main
+
+    def run(args: list[str]) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["shiftlab", *args])
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        cap = capsys.readouterr()
+        return code, cap.out, cap.err
+
+    return run

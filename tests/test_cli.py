@@ -13,20 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shiftlab.cli import main, parse_seeds
+from shiftlab.cli import parse_seeds
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["shiftlab", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
 def test_parse_seeds() -> None:
@@ -35,18 +24,18 @@ def test_parse_seeds() -> None:
     assert parse_seeds("1 4") == [1, 4]
 
 
-@pytest.mark.parametrize("kind", ["datasets", "methods", "backbones", "shifts", "recipes"])
-def test_list_json_has_name_and_summary(kind: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = _cli(["list", kind, "--json"], monkeypatch, capsys)
+@pytest.mark.parametrize("kind", ["datasets", "methods", "backbones", "shifts", "selections", "recipes"])
+def test_list_json_has_name_and_summary(cli, kind: str) -> None:
+    code, out, _ = cli(["list", kind, "--json"])
     assert code == 0
     rows = json.loads(out)
     assert rows and all(r["name"] and "summary" in r for r in rows)
 
 
-def test_bad_recipe_key_is_one_paragraph_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_recipe_key_is_one_paragraph_exit_2(cli, tmp_path: Path) -> None:
     rec = tmp_path / "r.yaml"
     rec.write_text(yaml.safe_dump({"name": "x", "data": {"source": "digits"}, "trian": {}}))
-    code, _, err = _cli(["run", str(rec), "--runs-dir", str(tmp_path)], monkeypatch, capsys)
+    code, _, err = cli(["run", str(rec), "--runs-dir", str(tmp_path)])
     assert code == 2
     assert "unknown key 'trian'" in err and "Traceback" not in err
 
@@ -62,12 +51,12 @@ def _tiny_recipe(tmp_path: Path, epochs: int) -> Path:
     return rec
 
 
-def test_run_and_report_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_and_report_in_process(cli, tmp_path: Path) -> None:
     rec = _tiny_recipe(tmp_path, 1)
-    code, out, err = _cli(["run", str(rec), "--seeds", "0", "1", "--runs-dir", str(tmp_path / "runs"), "-q"], monkeypatch, capsys)
+    code, out, err = cli(["run", str(rec), "--seeds", "0", "1", "--runs-dir", str(tmp_path / "runs"), "-q"])
     assert code == 0, err
     assert (tmp_path / "runs/tiny-cli/default/seed-1/metrics.json").is_file()
-    code, out, err = _cli(["report", str(tmp_path / "runs")], monkeypatch, capsys)
+    code, out, err = cli(["report", str(tmp_path / "runs")])
     assert code == 0, err
     assert "digits/test/acc" in out and "| 2 |" in out.replace(" 2 ", " 2 ")
 

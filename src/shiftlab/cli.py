@@ -244,18 +244,24 @@ def pinn_solve(
         except ValueError:
             raise ShiftlabError(f"--t {t!r}: expected '0,5,10' or 'start:stop:count'.") from None
     res = solve_checkpoint(solver, parse_assignments(ic, "--ic"), parse_assignments(param, "--param"), times)
-    if as_json:
-        out.print_json(json.dumps(res))
-        return
-    table = Table(title=f"{solver}: z0={res['z0']} theta={res['theta']}")
-    for col in ["t", *res["state"]]:
-        table.add_column(col, justify="right")
-    for ti, zi in zip(res["t"], res["z"], strict=True):
-        table.add_row(f"{ti:g}", *(f"{v:.6f}" for v in zi))
-    out.print(table)
+    _render(res, as_json, f"{solver}: z0={res['z0']} theta={res['theta']}", ["t", *res["state"]],
+            [[f"{ti:g}", *(f"{v:.6f}" for v in zi)] for ti, zi in zip(res["t"], res["z"], strict=True)])
     if not res["inside_box"]:
         err.print(f"Warning: the query lies outside the solver's training box ({res['box']}); "
                   "this answer is an extrapolation. Check it with `shiftlab pinn eval` or fine-tune.")
+
+
+def _render(res: dict, as_json: bool, title: str, columns: list[str], rows: list[list[str]]) -> None:
+    """Print ``res`` as JSON, or ``rows`` as a table (first column left-aligned)."""
+    if as_json:
+        out.print_json(json.dumps(res))
+        return
+    table = Table(title=title)
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="left" if i == 0 and col == "metric" else "right")
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
 
 
 @pinn_app.command("eval")
@@ -283,17 +289,9 @@ def pinn_eval(
                                   parse_assignments(param, "--param") or None, span, grid=grid, png=png)
     except ValueError as exc:
         raise ShiftlabError(f"pinn eval: {exc}") from None
-    if as_json:
-        out.print_json(json.dumps(res))
-        return
-    table = Table(title=f"{solver} vs solve_ivp on {res['box']}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in res.items():
-        if k != "box":
-            table.add_row(k, f"{v:.3e}" if isinstance(v, float) else str(v))
-    out.print(table)
-    if png:
+    _render(res, as_json, f"{solver} vs solve_ivp on {res['box']}", ["metric", "value"],
+            [[k, f"{v:.3e}" if isinstance(v, float) else str(v)] for k, v in res.items() if k != "box"])
+    if png and not as_json:
         out.print(f"Written: {png}")
 
 

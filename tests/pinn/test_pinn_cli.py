@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from shiftlab.cli import main
 from shiftlab.pinn import NetConfig, TrainConfig, get_system
 from shiftlab.pinn.reference import reference_solution
 from shiftlab.pinn.run import parse_assignments
 from shiftlab.pinn.solver import BundleSolver
-
-
-def _cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["shiftlab", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +31,9 @@ def test_parse_assignments_values_ranges_and_errors() -> None:
 
 
 def test_pinn_solve_answers_a_query_in_the_box_without_retraining(
-    saved_bundle: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    cli, saved_bundle: Path
 ) -> None:
-    code, out, err = _cli(["pinn", "solve", str(saved_bundle), "--ic", "I=0.15,R=0.12", "--t", "0:5:6", "--json"],
-                          monkeypatch, capsys)
+    code, out, err = cli(["pinn", "solve", str(saved_bundle), "--ic", "I=0.15,R=0.12", "--t", "0:5:6", "--json"])
     assert code == 0, err
     res = json.loads(out)
     assert res["inside_box"] and res["z0"]["S"] == pytest.approx(1 - 0.15 - 0.12)
@@ -58,23 +44,23 @@ def test_pinn_solve_answers_a_query_in_the_box_without_retraining(
     assert torch.allclose(z[0], torch.tensor([0.73, 0.15, 0.12], dtype=z.dtype), atol=1e-12)  # IC exact
     assert (z - ref).abs().max() < 5e-3, (z - ref).abs().max()
     # outside the box: still answered, with a warning naming the box
-    code, out, err = _cli(["pinn", "solve", str(saved_bundle), "--ic", "I=0.4"], monkeypatch, capsys)
+    code, out, err = cli(["pinn", "solve", str(saved_bundle), "--ic", "I=0.4"])
     assert code == 0 and "extrapolation" in err and "I0=[0.1, 0.2]" in err
 
 
 def test_pinn_eval_reports_errors_on_the_box_and_on_a_shifted_box(
-    saved_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    cli, saved_bundle: Path, tmp_path: Path
 ) -> None:
-    code, out, err = _cli(["pinn", "eval", str(saved_bundle), "--grid", "3", "--json"], monkeypatch, capsys)
+    code, out, err = cli(["pinn", "eval", str(saved_bundle), "--grid", "3", "--json"])
     assert code == 0, err
     inside = json.loads(out)
     assert inside["n_problems"] == 9 and inside["max_abs_error"] < 5e-3
     png = tmp_path / "shifted.png"
-    code, out, err = _cli(["pinn", "eval", str(saved_bundle), "--ic", "I=0.3:0.4", "--grid", "2", "--png", str(png),
-                           "--json"], monkeypatch, capsys)
+    code, out, err = cli(["pinn", "eval", str(saved_bundle), "--ic", "I=0.3:0.4", "--grid", "2", "--png", str(png),
+                           "--json"])
     assert code == 0, err
     shifted = json.loads(out)
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert shifted["max_abs_error"] > inside["max_abs_error"]  # outside the training box it is worse
-    code, _, err = _cli(["pinn", "eval", str(saved_bundle), "--ic", "Q=0.3"], monkeypatch, capsys)
+    code, _, err = cli(["pinn", "eval", str(saved_bundle), "--ic", "Q=0.3"])
     assert code != 0 and "Q" in err
