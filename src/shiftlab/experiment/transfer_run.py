@@ -200,10 +200,13 @@ class FinetuneCfg(_Strict):
 
 
 class StrategySpec(_Strict):
-    """A strategy under a label: ``strategy`` defaults to the label; ``hparams`` its own."""
+    """A strategy under a label: ``strategy`` defaults to the label; ``hparams`` its own;
+    ``class_balanced``: score-ranked strategies pick within each class, in proportion to the
+    pool's class frequencies (see :func:`~shiftlab.methods.transfer.selection.base.rank_top_balanced`)."""
 
     strategy: str | None = None
     hparams: dict[str, Any] = Field(default_factory=dict)
+    class_balanced: bool = False
 
 
 class SelectionCfg(_Strict):
@@ -500,7 +503,7 @@ def _run_seed(recipe: TransferRecipe, ov: dict[str, Any], data: TransferData, op
                      "data_dir": options.data_dir, "versions": _versions(), "platform": platform.platform()},
     })
     if resuming:
-        _check_same(out / "config.yaml", config)
+        _check_same(out / "config.yaml", config, _without_new_defaults)
     atomic_write_yaml(out / "config.yaml", config)
 
     source, src_info = build_source_model(recipe, seed, num_classes, device, data.source,  # type: ignore[arg-type]
@@ -550,6 +553,16 @@ def _run_seed(recipe: TransferRecipe, ov: dict[str, Any], data: TransferData, op
     return result
 
 
+def _without_new_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """The config as runs started before ``class_balanced`` existed wrote it (when it is off),
+    so that ``--resume`` accepts them."""
+    out = copy.deepcopy(config)
+    for spec in (out.get("selection", {}).get("strategies") or {}).values():
+        if isinstance(spec, dict) and spec.get("class_balanced") is False:
+            del spec["class_balanced"]
+    return out
+
+
 def _subset_size(cfg: Config, n: int) -> int:
     return n if cfg.strategy is None else max(1, min(n, round(cfg.fraction * n)))
 
@@ -575,7 +588,8 @@ def _run_config(recipe: TransferRecipe, cfg: Config, index: int, source: Backbon
             return data.pool, 0.0
         t0 = time.perf_counter()
         ctx = SelectionContext(model=model, pool=data.pool, pretrained=source, brief_finetune=brief, device=device,
-                               batch_size=recipe.selection.score_batch, seed=seed)
+                               batch_size=recipe.selection.score_batch, seed=seed,
+                               class_balanced=bool(spec and spec.class_balanced))
         idx = strategy.select(ctx, k, sel_gen)
         if idx.numel() != k or torch.unique(idx).numel() != k:
             raise ShiftlabError(f"selection {cfg.strategy!r} returned {idx.numel()} indices "

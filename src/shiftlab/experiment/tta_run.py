@@ -677,13 +677,18 @@ def run_tta(
     return [_run_seed(recipe, ov, train, sets, options, s) for s in (seeds if seeds is not None else recipe.seeds)]
 
 
-def _check_same(path: Path, config: dict[str, Any]) -> None:
+def _check_same(path: Path, config: dict[str, Any],
+                normalise: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+    """Raise :class:`RunExists` when ``config`` differs from the run's ``config.yaml`` (both
+    passed through ``normalise`` first, when given)."""
     import yaml
 
     try:
         old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError):
         return
+    if normalise is not None:
+        old, config = normalise(old), normalise(config)
     ignore = {"seeds", "device", "resolved", "description"}
     changed = sorted(k for k in set(old) | set(config) if k not in ignore and old.get(k) != config.get(k))
     if changed:

@@ -154,3 +154,19 @@ def test_bad_hparams_name_the_key() -> None:
         create_selection("differential", {"probe_fractoin": 0.2})
     with pytest.raises(RecipeError, match="direction"):
         create_selection("differential", {"direction": "up"})
+
+
+def test_class_balanced_selection_keeps_the_pool_class_ratios() -> None:
+    # class 0 has every high-entropy sample; unbalanced entropy_most takes only class 0
+    g = torch.Generator().manual_seed(0)
+    logits = torch.cat([torch.zeros(30, 3), 10 * torch.eye(3)[torch.randint(3, (60,), generator=g)]])
+    y = torch.cat([torch.zeros(30), torch.ones(30), 2 * torch.ones(30)]).long()
+    pool = _pool(logits, y)
+    plain = create_selection("entropy_most").select(_ctx(pool), 30, torch.Generator().manual_seed(0))
+    assert set(y[plain].tolist()) == {0}
+    ctx = _ctx(pool)
+    ctx.class_balanced = True
+    bal = create_selection("entropy_most").select(ctx, 31, torch.Generator().manual_seed(0))
+    counts = torch.bincount(y[bal], minlength=3).tolist()
+    assert sorted(counts) == [10, 10, 11] and torch.unique(bal).numel() == 31
+    assert set(bal[y[bal] == 0].tolist()) <= set(range(30))

@@ -26,7 +26,7 @@ from shiftlab.backbones.base import Backbone
 from shiftlab.data.tensors import TensorData
 from shiftlab.registry import Registry
 
-__all__ = ["SELECTIONS", "ScoreSelection", "SelectionContext", "SelectionStrategy", "rank_top"]
+__all__ = ["SELECTIONS", "ScoreSelection", "SelectionContext", "SelectionStrategy", "rank_top", "rank_top_balanced"]
 
 #: ``brief_finetune(model, indices, seed) -> a fine-tuned copy of model`` (the probe).
 BriefFinetune = Callable[[Backbone, Tensor, int], Backbone]
@@ -45,6 +45,9 @@ class SelectionContext:
         device: where scoring runs.
         batch_size: images per scoring forward pass.
         seed: the run's seed (the differential probe is seeded from it).
+        class_balanced: score strategies take their top picks within each class, with
+            per-class quotas proportional to the pool's class frequencies (largest
+            remainders), instead of over the whole pool.
     """
 
     model: Backbone
@@ -54,6 +57,7 @@ class SelectionContext:
     device: torch.device | str = "cpu"
     batch_size: int = 1000
     seed: int = 0
+    class_balanced: bool = False
     _cache: dict[tuple[int, str], Tensor] = field(default_factory=dict, repr=False)
 
     @torch.no_grad()
@@ -108,6 +112,32 @@ def rank_top(scores: Tensor, k: int, generator: torch.Generator) -> Tensor:
     return perm[order[:k]].to(torch.int64)
 
 
+def rank_top_balanced(scores: Tensor, y: Tensor, k: int, generator: torch.Generator) -> Tensor:
+    """Like :func:`rank_top`, within each class of ``y`` (``[N]`` int64): class ``c`` gets
+    ``k * n_c / N`` picks (largest remainders; ties by a random class order), each class's
+    highest scores first; the result is ordered by score.
+
+    Returns:
+        ``[k]`` int64 distinct indices.
+    """
+    n = int(scores.shape[0])
+    _check_k(k, n)
+    classes, counts = torch.unique(y, return_counts=True)
+    exact = counts.double() * k / n
+    quota = exact.floor().long()
+    rest = k - int(quota.sum())
+    if rest:
+        jitter = torch.rand(len(classes), generator=generator, dtype=torch.float64) * 1e-9
+        quota[torch.argsort(exact - quota + jitter, descending=True)[:rest]] += 1
+    picks = []
+    for c, q in zip(classes.tolist(), quota.tolist(), strict=True):
+        if q:
+            members = torch.nonzero(y == c).flatten()
+            picks.append(members[rank_top(scores[members], q, generator)])
+    out = torch.cat(picks)
+    return out[torch.argsort(scores[out].double(), descending=True, stable=True)].to(torch.int64)
+
+
 def _check_k(k: int, n: int) -> None:
     if not 0 < k <= n:
         raise ValueError(f"cannot select {k} of {n} images: k must be in 1..{n}")
@@ -140,6 +170,8 @@ class ScoreSelection(SelectionStrategy):
         raise NotImplementedError
 
     def select(self, ctx: SelectionContext, k: int, generator: torch.Generator) -> Tensor:
+        if ctx.class_balanced:
+            return rank_top_balanced(self.scores(ctx), ctx.pool.y, k, generator)
         return rank_top(self.scores(ctx), k, generator)
 
 

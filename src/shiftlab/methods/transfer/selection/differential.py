@@ -31,6 +31,7 @@ from shiftlab.methods.transfer.selection.base import (
     SelectionContext,
     SelectionStrategy,
     rank_top,
+    rank_top_balanced,
 )
 
 
@@ -77,4 +78,6 @@ class DifferentialSelection(SelectionStrategy):
         if h.exclude_probe:
             score = score.clone()
             score[probe] = float("-inf")
+        if ctx.class_balanced:
+            return rank_top_balanced(score, ctx.pool.y, k, generator)
         return rank_top(score, k, generator)
