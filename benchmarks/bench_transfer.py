@@ -3,7 +3,7 @@
 Runs the ``kind: transfer`` recipes of the issue's scenarios with 5 seeds each (resumable:
 finished seeds and configurations are kept), then aggregates:
 
-* one PNG per scenario (``benchmarks/results/transfer_<scenario>.png``): validation accuracy
+* one PNG per scenario (``benchmarks/results/<out stem>_<scenario>.png``): validation accuracy
   per epoch of every strategy, mean over seeds with the 95% CI band, one panel per
   (fraction, re-selection) cell, with ``random`` and ``full`` (100% of the pool) in each;
 * a table per scenario: each strategy's last-epoch accuracy (mean ± 95% CI over seeds)
@@ -68,7 +68,7 @@ def _runs(root: Path, recipe_name: str, variant: str) -> list[Path]:
     return sorted(p for p in base.glob("seed-*") if (p / "metrics.json").is_file() and ".old-" not in p.name)
 
 
-def aggregate(scenario: str, path: str, overrides: list[str], root: Path, out_dir: Path) -> dict[str, Any]:
+def aggregate(scenario: str, path: str, overrides: list[str], root: Path, out_dir: Path, stem: str) -> dict[str, Any]:
     """Rows, comparison table, overheads and the PNG of one scenario."""
     raw = read_recipe_mapping(REPO / path)
     recipe, ov = load_transfer_recipe(raw, overrides)
@@ -110,12 +110,15 @@ def aggregate(scenario: str, path: str, overrides: list[str], root: Path, out_di
                     verdict = "worse"
                 else:
                     verdict = "tie"
-                table.append({"config": c.label, "strategy": c.strategy, "mean": s.mean, "ci95": s.ci95,
+                spec = recipe.selection.active()[c.strategy]
+                table.append({"config": c.label, "strategy": spec.strategy or c.strategy,
+                              "class_balanced": spec.class_balanced, "mean": s.mean, "ci95": s.ci95,
                               "random_mean": ref.mean, "random_ci95": ref.ci95, "verdict": verdict,
                               "select_overhead": None if overhead is None else overhead.mean})
-    _plot(scenario, recipe, configs, curves, out_dir / f"transfer_{scenario}.png")
+    png = out_dir / f"{stem}_{scenario}.png"
+    _plot(scenario, recipe, configs, curves, png)
     return {"scenario": scenario, "recipe": path, "overrides": ov, "seeds": len(runs), "source": source.mean,
-            "rows": rows, "table": table,
+            "rows": rows, "table": table, "png": str(png.relative_to(REPO)) if png.is_relative_to(REPO) else str(png),
             "data": json.loads(json.dumps(metrics[0].get("source", {}))),
             "autoencoder_recon_mse": metrics[0]["metrics"].get("autoencoder/recon_mse")}
 
@@ -163,7 +166,8 @@ def main() -> None:
                                                                       resume=True, progress=False),
                    _seeds(args.seeds))
     out_dir = Path(args.out).parent
-    results = [aggregate(sc, p, args.overrides, root, out_dir) for sc, p in SCENARIOS.items()]
+    stem = Path(args.out).stem
+    results = [aggregate(sc, p, args.overrides, root, out_dir, stem) for sc, p in SCENARIOS.items()]
     results = [r for r in results if r.get("seeds")]
     rows = [row for r in results for row in r["rows"]]
     lines = []
@@ -183,7 +187,7 @@ def main() -> None:
               "the selections serve (scoring passes over the pool, on the same CPU thread). "
               + " ".join(lines) + f" Wall time of this invocation: {time.perf_counter() - t0:.0f} s.",
     )
-    detail = Path(args.out).with_name("transfer_tables.json")
+    detail = Path(args.out).with_name(f"{stem}_tables.json")
     detail.write_text(json.dumps([{k: v for k, v in r.items() if k != "rows"} for r in results], indent=1))
     print("\n".join(lines))
 
