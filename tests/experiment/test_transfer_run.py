@@ -177,3 +177,13 @@ def test_cifar10_embedding_shift_recipe_on_a_fixture(shared_data: Path, tmp_path
     assert m["source"]["origin"] == "pretrained"
     assert 0.0 <= m["metrics"]["source/acc"] <= 1.0  # the checkpoint on the shifted fixture
     assert {"full/acc", "random@0.25/acc", "entropy_most@0.25/acc"} <= set(m["metrics"])
+
+
+def test_a_configuration_gives_the_same_result_in_another_grid(finished, tmp_path: Path) -> None:
+    _, m = finished
+    raw = _small()
+    raw["selection"] = {"strategies": {"entropy_most": {}}, "fractions": [0.25], "reselect_every": [2],
+                        "full": False}
+    torch.set_num_threads(1)
+    alone = run_transfer(raw, {}, RunOptions(runs_dir=tmp_path, progress=False), [0])[0]
+    assert alone["metrics"]["entropy_most@0.25/r2/acc"] == m["metrics"]["entropy_most@0.25/r2/acc"]

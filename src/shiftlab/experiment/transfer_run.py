@@ -527,10 +527,10 @@ def _run_seed(recipe: TransferRecipe, ov: dict[str, Any], data: TransferData, op
 
     tuner = _Finetuner(recipe, num_classes, device)
     try:
-        for i, cfg in enumerate(configs):
+        for cfg in configs:
             if cfg.label in done:
                 continue
-            new = _run_config(recipe, cfg, i, source, source_acc, data, tuner, seed, device)
+            new = _run_config(recipe, cfg, source, source_acc, data, tuner, seed, device)
             for r in new:
                 append_jsonl(results_path, r)
             rows += new
@@ -567,7 +567,7 @@ def _subset_size(cfg: Config, n: int) -> int:
     return n if cfg.strategy is None else max(1, min(n, round(cfg.fraction * n)))
 
 
-def _run_config(recipe: TransferRecipe, cfg: Config, index: int, source: Backbone, source_acc: float,
+def _run_config(recipe: TransferRecipe, cfg: Config, source: Backbone, source_acc: float,
                 data: TransferData, tuner: _Finetuner, seed: int, device: torch.device) -> list[dict[str, Any]]:
     """Fine-tune one configuration from the source model; returns its rows (epochs 0..E)."""
     epochs = recipe.finetune.epochs
@@ -575,8 +575,9 @@ def _run_config(recipe: TransferRecipe, cfg: Config, index: int, source: Backbon
     k = _subset_size(cfg, n)
     spec = recipe.selection.active()[cfg.strategy] if cfg.strategy else None
     strategy = create_selection(spec.strategy or cfg.strategy, spec.hparams) if spec and cfg.strategy else None
-    sel_gen = epoch_generator(seed, 1000 + index, 3)
-    torch.manual_seed(seed * 7919 + index)
+    stream = zlib.crc32(cfg.label.encode()) % 1_000_003  # the configuration's own streams, whatever the grid
+    sel_gen = epoch_generator(seed, 1000 + stream, 3)
+    torch.manual_seed(seed * 7919 + stream)
     model = copy.deepcopy(source)
     method = tuner.method(model, math.ceil(k / recipe.finetune.batch_size), epochs)
     brief = None
@@ -604,7 +605,7 @@ def _run_config(recipe: TransferRecipe, cfg: Config, index: int, source: Backbon
         if cfg.reselect_every and epoch > 1 and (epoch - 1) % cfg.reselect_every == 0:
             subset, sel_s = select()
         t0 = time.perf_counter()
-        loss = tuner.epoch(method, subset, epoch_generator(seed, epoch, 100 + index), epoch, epochs, where)
+        loss = tuner.epoch(method, subset, epoch_generator(seed, epoch, 100 + stream), epoch, epochs, where)
         train_s = time.perf_counter() - t0
         acc = _accuracy(model, data.val, device)
         rows.append(_row(cfg, epoch, k, acc, loss, train_s, sel_s))
