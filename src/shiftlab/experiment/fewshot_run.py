@@ -81,7 +81,7 @@ from shiftlab.data.sources import load_dataset
 from shiftlab.data.tensors import TensorData, to_float
 from shiftlab.data.transforms import fit_channels, fit_images
 from shiftlab.errors import RecipeError, ShiftlabError, TrainingError
-from shiftlab.experiment.run import RunExists, RunInterrupted, RunOptions, open_run_folder
+from shiftlab.experiment.run import RunExists, RunInterrupted, RunOptions, open_run_folder, versions
 from shiftlab.io import (
     append_jsonl,
     atomic_write_json,
@@ -618,15 +618,6 @@ def build_method(recipe: FewShotRecipe, data: PreparedData, device: torch.device
     return method
 
 
-def _versions() -> dict[str, str]:
-    import numpy
-
-    from shiftlab import __version__
-
-    return {"shiftlab": __version__, "torch": str(torch.__version__), "numpy": numpy.__version__,
-            "python": platform.python_version()}
-
-
 def _plain_hparams(recipe: FewShotRecipe) -> dict[str, Any]:
     from dataclasses import asdict
 
@@ -672,7 +663,7 @@ def _run_seed(recipe: FewShotRecipe, ov: dict[str, Any], data: PreparedData, opt
     config.update({
         "seed": seed, "overrides": ov, "variant": variant_label(ov), "selection_rule": "last",
         "resolved": {"device": str(device), "hparams": _plain_hparams(recipe), "data": data.info,
-                     "versions": _versions(), "platform": platform.platform()},
+                     "versions": versions(), "platform": platform.platform()},
     })
     if resuming:
         _check_same(out / "config.yaml", config)

@@ -130,7 +130,8 @@ def _plain(obj: Any) -> Any:
     return str(obj)
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
+    """Versions recorded in every run's resolved config (shiftlab, torch, numpy, python)."""
     import numpy
 
     from shiftlab import __version__
@@ -318,7 +319,7 @@ class Experiment:
             "sizes": {"train": len(data.train), "val": len(data.val) if data.val else 0,
                       "target": len(data.target) if data.target else 0,
                       **{k: len(v) for k, v in data.evals.items()}},
-            "versions": _versions(),
+            "versions": versions(),
             "platform": platform.platform(),
         }
         return cfg

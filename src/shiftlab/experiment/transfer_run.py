@@ -88,10 +88,10 @@ from shiftlab.config import (
     variant_label,
 )
 from shiftlab.data.sources import load_dataset
-from shiftlab.data.tensors import TensorData, to_uint8
+from shiftlab.data.tensors import TensorData, to_float, to_uint8
 from shiftlab.data.transforms import fit_dataset
 from shiftlab.errors import RecipeError, ShiftlabError, TrainingError
-from shiftlab.experiment.run import RunInterrupted, RunOptions, open_run_folder
+from shiftlab.experiment.run import RunInterrupted, RunOptions, open_run_folder, versions
 from shiftlab.experiment.tta_run import DataFit, OptimizerCfg, SourceModel, build_source_model
 from shiftlab.io import (
     append_jsonl,
@@ -325,7 +325,7 @@ def _shift_images(x: Tensor, shift: TargetShift, stream: int, ae: Any, chunk: in
     gen = epoch_generator(shift.seed, 20_000 + zlib.crc32(shift.name.encode()) % 100_000, stream)
     parts = []
     for i in range(0, len(x), chunk):
-        xb = x[i : i + chunk].to(torch.float32) / 255.0 if x.dtype == torch.uint8 else x[i : i + chunk]
+        xb = to_float(x[i : i + chunk])
         out = ae(xb, shift.level) if shift.name == "embedding_shift" else apply_shift(shift.name, xb, shift.severity, gen)
         parts.append(to_uint8(out))
     return torch.cat(parts) if parts else x.clone()
@@ -471,15 +471,6 @@ def run_transfer(
     return [_run_seed(recipe, ov, data, options, s) for s in (seeds if seeds is not None else recipe.seeds)]
 
 
-def _versions() -> dict[str, str]:
-    import numpy
-
-    from shiftlab import __version__
-
-    return {"shiftlab": __version__, "torch": str(torch.__version__), "numpy": numpy.__version__,
-            "python": platform.python_version()}
-
-
 def _run_seed(recipe: TransferRecipe, ov: dict[str, Any], data: TransferData, options: RunOptions,
               seed: int) -> dict[str, Any]:
     from shiftlab.experiment.tta_run import _check_same
@@ -500,7 +491,7 @@ def _run_seed(recipe: TransferRecipe, ov: dict[str, Any], data: TransferData, op
         "resolved": {"device": str(device), "configs": [asdict(c) for c in configs], "data": data.info,
                      "subset_sizes": {c.label: _subset_size(c, len(data.pool)) for c in configs},
                      "finetune_hparams": asdict(make_hparams("finetune", recipe.finetune.hparams)),
-                     "data_dir": options.data_dir, "versions": _versions(), "platform": platform.platform()},
+                     "data_dir": options.data_dir, "versions": versions(), "platform": platform.platform()},
     })
     if resuming:
         _check_same(out / "config.yaml", config, _without_new_defaults)
@@ -574,22 +565,23 @@ def _run_config(recipe: TransferRecipe, cfg: Config, source: Backbone, source_ac
     n = len(data.pool)
     k = _subset_size(cfg, n)
     spec = recipe.selection.active()[cfg.strategy] if cfg.strategy else None
-    strategy = create_selection(spec.strategy or cfg.strategy, spec.hparams) if spec and cfg.strategy else None
+    name = (spec.strategy or cfg.strategy) if spec is not None else None
+    strategy = create_selection(name, spec.hparams) if spec is not None and name else None
     stream = zlib.crc32(cfg.label.encode()) % 1_000_003  # the configuration's own streams, whatever the grid
     sel_gen = epoch_generator(seed, 1000 + stream, 3)
     torch.manual_seed(seed * 7919 + stream)
     model = copy.deepcopy(source)
     method = tuner.method(model, math.ceil(k / recipe.finetune.batch_size), epochs)
     brief = None
-    if strategy is not None and cfg.strategy and (spec.strategy or cfg.strategy) == "differential":
+    if strategy is not None and name == "differential":
         brief = tuner.brief(data.pool, int(getattr(strategy.hparams, "probe_epochs", 1)))
 
     def select() -> tuple[TensorData, float]:
         if strategy is None:
             return data.pool, 0.0
         t0 = time.perf_counter()
-        ctx = SelectionContext(model=model, pool=data.pool, pretrained=source, brief_finetune=brief, device=device,
-                               batch_size=recipe.selection.score_batch, seed=seed,
+        ctx = SelectionContext(model=model, pool=data.pool, brief_finetune=brief, device=device,
+                               batch_size=recipe.selection.score_batch,
                                class_balanced=bool(spec and spec.class_balanced))
         idx = strategy.select(ctx, k, sel_gen)
         if idx.numel() != k or torch.unique(idx).numel() != k:

@@ -98,7 +98,7 @@ from shiftlab.data.sources import load_dataset
 from shiftlab.data.tensors import TensorData, to_float, to_uint8
 from shiftlab.data.transforms import fit_dataset
 from shiftlab.errors import DataError, RecipeError, ShiftlabError, TrainingError
-from shiftlab.experiment.run import RunExists, RunInterrupted, RunOptions, open_run_folder
+from shiftlab.experiment.run import RunExists, RunInterrupted, RunOptions, open_run_folder, versions
 from shiftlab.io import (
     append_jsonl,
     atomic_write_json,
@@ -632,15 +632,6 @@ def _num_classes(recipe: TtaRecipe, train: TensorData | None, sets: dict[str, Te
     return recipe.source.num_classes
 
 
-def _versions() -> dict[str, str]:
-    import numpy
-
-    from shiftlab import __version__
-
-    return {"shiftlab": __version__, "torch": str(torch.__version__), "numpy": numpy.__version__,
-            "python": platform.python_version()}
-
-
 def _resolved_methods(recipe: TtaRecipe) -> dict[str, dict[str, Any]]:
     out = {}
     for label, spec in recipe.active_methods().items():
@@ -716,7 +707,7 @@ def _run_seed(
         "seed": seed, "overrides": ov, "variant": variant_label(ov), "selection_rule": SELECTION,
         "resolved": {"device": str(device), "methods": methods, "shifts": [s.key for s in shift_specs(recipe)],
                      "sizes": {k: len(v) for k, v in sets.items()} | ({"source_train": len(train)} if train else {}),
-                     "data_dir": options.data_dir, "versions": _versions(), "platform": platform.platform()},
+                     "data_dir": options.data_dir, "versions": versions(), "platform": platform.platform()},
     })
     if resuming:
         _check_same(out / "config.yaml", config)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 
 from shiftlab.backbones.base import Backbone
@@ -48,9 +49,16 @@ class ERM(TrainableMethod):
     def update(self, batch: Labeled) -> dict[str, float]:
         """One step of cross-entropy on ``batch.x: [B, C, H, W]``, ``batch.y: [B]``."""
         self.train()
-        logits = self.backbone(batch.x)
-        loss = F.cross_entropy(logits, batch.y, label_smoothing=self.hparams.label_smoothing)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        return {"loss": loss.item()}
+        return cross_entropy_step(self.backbone, self.opt, batch, self.hparams.label_smoothing)
+
+
+def cross_entropy_step(
+    backbone: Backbone, opt: torch.optim.Optimizer, batch: Labeled, label_smoothing: float = 0.0
+) -> dict[str, float]:
+    """One optimiser step of cross-entropy of ``backbone(batch.x)`` against ``batch.y``;
+    returns ``{"loss": float}``. The caller sets train/eval modes."""
+    loss = F.cross_entropy(backbone(batch.x), batch.y, label_smoothing=label_smoothing)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return {"loss": loss.item()}

@@ -28,7 +28,6 @@ import json
 import logging
 import math
 import os
-import platform
 import shutil
 import time
 from pathlib import Path
@@ -156,15 +155,9 @@ def _make_solver(recipe: PinnRecipe, box: Box, seed: int) -> Solver:
 def _versions() -> dict[str, str]:
     import scipy
 
-    from shiftlab import __version__
+    from shiftlab.experiment.run import versions
 
-    return {
-        "shiftlab": str(__version__),
-        "torch": str(torch.__version__),
-        "numpy": str(np.__version__),
-        "scipy": str(scipy.__version__),
-        "python": platform.python_version(),
-    }
+    return {**versions(), "scipy": str(scipy.__version__)}
 
 
 class _ResultsWriter:

@@ -42,7 +42,7 @@ def _ctx(pool: TensorData, model: Backbone | None = None) -> SelectionContext:
     def brief(m: Backbone, idx: Tensor, seed: int) -> Backbone:  # the probe "learns" class 0
         return Logits(pool.x.shape[-1], torch.tensor([3.0] + [0.0] * (pool.x.shape[-1] - 1)))
 
-    return SelectionContext(model=model, pool=pool, pretrained=model, brief_finetune=brief, batch_size=7)
+    return SelectionContext(model=model, pool=pool, brief_finetune=brief, batch_size=7)
 
 
 def _random_pool(n: int = 60, c: int = 5, seed: int = 0) -> TensorData:

@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import torch.nn.functional as F
 from torch import nn
 
 from shiftlab.backbones.base import Backbone
@@ -22,6 +21,7 @@ from shiftlab.batches import Labeled
 from shiftlab.errors import RecipeError
 from shiftlab.methods import METHODS
 from shiftlab.methods.base import TrainableMethod
+from shiftlab.methods.erm import cross_entropy_step
 from shiftlab.optim import OptimizerFactory
 
 _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear)
@@ -130,10 +130,5 @@ class FineTune(TrainableMethod):
 
     def update(self, batch: Labeled) -> dict[str, float]:
         """One cross-entropy step on ``batch.x: [B, C, H, W]``, ``batch.y: [B]``."""
-        self.train()
-        logits = self.backbone(batch.x)
-        loss = F.cross_entropy(logits, batch.y, label_smoothing=self.hparams.label_smoothing)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        return {"loss": loss.item()}
+        self.train()  # frozen blocks stay in eval mode (see train())
+        return cross_entropy_step(self.backbone, self.opt, batch, self.hparams.label_smoothing)

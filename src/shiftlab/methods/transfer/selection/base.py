@@ -7,7 +7,7 @@ A strategy is a registered class with a frozen ``Hparams`` dataclass and one met
 returning ``k`` distinct indices into ``ctx.pool`` (in rank order: the strategy's first
 choice first). Everything a strategy may look at comes through the context: the current
 model's logits, features and per-sample losses on the pool (computed once per selection
-round, batched, in eval mode), the pre-trained model, and a ``brief_finetune`` collaborator
+round, batched, in eval mode) and a ``brief_finetune`` collaborator
 (the differential strategy's probe). Ties in a score are broken by a random order drawn
 from ``generator``, so a strategy is deterministic per seed.
 """
@@ -40,11 +40,9 @@ class SelectionContext:
         model: the current model (the pre-trained one at the first selection, the
             fine-tuned one when re-selecting).
         pool: the labelled target training pool, ``x: [N, C, H, W]``, ``y: [N]``.
-        pretrained: the model before any fine-tuning.
         brief_finetune: fine-tunes a copy of a model briefly on some pool indices.
         device: where scoring runs.
         batch_size: images per scoring forward pass.
-        seed: the run's seed (the differential probe is seeded from it).
         class_balanced: score strategies take their top picks within each class, with
             per-class quotas proportional to the pool's class frequencies (largest
             remainders), instead of over the whole pool.
@@ -52,11 +50,9 @@ class SelectionContext:
 
     model: Backbone
     pool: TensorData
-    pretrained: Backbone | None = None
     brief_finetune: BriefFinetune | None = None
     device: torch.device | str = "cpu"
     batch_size: int = 1000
-    seed: int = 0
     class_balanced: bool = False
     _cache: dict[tuple[int, str], Tensor] = field(default_factory=dict, repr=False)
 
