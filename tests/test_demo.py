@@ -32,3 +32,9 @@ def test_quick_demo_runs_and_writes_figures(tmp_path: Path, monkeypatch: pytest.
     assert result.metrics["transfer/full/acc"] > result.metrics["transfer/random@0.25/acc"]
     assert (tmp_path / "demo" / "transfer_curves.png").is_file()
     assert "PINN stage" in result.markdown and (tmp_path / "demo" / "pinn_sir.png").is_file()
+    # self-supervised stage: BYOL raises the k-NN accuracy of the features above the random
+    # initialisation, and every setting with 10 labels per class is well above chance (10%)
+    assert "Self-supervised pre-training stage" in result.markdown
+    assert result.metrics["ssl/knn_acc"] > result.metrics["ssl/init_knn_acc"] + 0.05
+    assert all(result.metrics[f"ssl/{s}/acc"] > 0.4 for s in "ABCDE")
+    assert (tmp_path / "demo" / "ssl_settings.png").is_file()

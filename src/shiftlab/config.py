@@ -43,11 +43,14 @@ RunName = Annotated[str, AfterValidator(_plain_folder_name)]
 """A recipe's ``name``: it names the run folder, so it must be a plain folder name."""
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """Base of every recipe section: unknown keys are errors (typos never pass silently), and
+    validated sections are frozen."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class EvalSet(_Strict):
+class EvalSet(StrictModel):
     """One evaluation set: a dataset split, optionally under a shift."""
 
     name: str
@@ -62,7 +65,7 @@ class EvalSet(_Strict):
         return f"{base}+{self.shift}@{self.severity}" if self.shift else base
 
 
-class DataCfg(_Strict):
+class DataCfg(StrictModel):
     """Where the data comes from and how it is brought to one size.
 
     Attributes:
@@ -91,17 +94,17 @@ class DataCfg(_Strict):
     limit_train: int | None = Field(default=None, ge=1)
 
 
-class BackboneCfg(_Strict):
+class BackboneCfg(StrictModel):
     name: str = "dann_cnn"
     args: dict[str, Any] = Field(default_factory=dict)
 
 
-class MethodCfg(_Strict):
+class MethodCfg(StrictModel):
     name: str = "erm"
     hparams: dict[str, Any] = Field(default_factory=dict)
 
 
-class TrainCfg(_Strict):
+class TrainCfg(StrictModel):
     """The optimisation schedule.
 
     Attributes:
@@ -134,7 +137,7 @@ SELECTION_RULES = {
 }
 
 
-class Recipe(_Strict):
+class Recipe(StrictModel):
     """A whole experiment. See the module docstring for an example."""
 
     kind: Literal["train"] = "train"

@@ -21,6 +21,10 @@ under four corruptions at severity 5 (:func:`shiftlab.experiment.tta_run.demo_st
 Stage 6 (data selection for transfer): a LeNet trained on ``digits`` fine-tuned on a quarter
 of ``digits_m`` chosen at random, by highest entropy and by k-center, against the whole pool
 (:func:`shiftlab.experiment.transfer_run.demo_stage`, about 10 s).
+
+Stage 7 (self-supervised pre-training for transfer): BYOL on the unlabelled ``digits``
+training images, then the five settings A-E with 10 labelled images per class
+(:func:`shiftlab.experiment.ssl_run.demo_stage`).
 """
 
 from __future__ import annotations
@@ -92,18 +96,15 @@ def run_demo(out_dir: str | Path = "demo_out", quick: bool = False, progress: bo
     pinn_lines, pinn_figs = pinn_stage(out_dir)
     lines += [""] + pinn_lines
     figures += pinn_figs
+    from shiftlab.experiment.ssl_run import demo_stage as ssl_stage
+    from shiftlab.experiment.transfer_run import demo_stage as transfer_stage
     from shiftlab.experiment.tta_run import demo_stage as tta_stage
 
-    tta_lines, tta_metrics, tta_figs = tta_stage(out_dir)
-    lines += [""] + tta_lines
-    figures += tta_figs
-    accs.update(tta_metrics)
-    from shiftlab.experiment.transfer_run import demo_stage as transfer_stage
-
-    tr_lines, tr_metrics, tr_figs = transfer_stage(out_dir)
-    lines += [""] + tr_lines
-    figures += tr_figs
-    accs.update(tr_metrics)
+    for stage in (tta_stage, transfer_stage, ssl_stage):
+        stage_lines, stage_metrics, stage_figs = stage(out_dir)
+        lines += [""] + stage_lines
+        figures += stage_figs
+        accs.update(stage_metrics)
     seconds = time.perf_counter() - t0
     lines += ["", f"Total time: {seconds:.1f} s"]
     return DemoResult("\n".join(lines), figures, seconds, accs)

@@ -7,6 +7,8 @@ launchers treat them alike:
 * ``fewshot``: episodic meta-training and few-shot evaluation;
 * ``pinn``: physics-informed ODE solvers;
 * ``tta``: test-time adaptation of one source model under many shifts (:mod:`shiftlab.experiment.tta_run`);
+* ``ssl``: self-supervised pre-training for transfer, the five settings A-E (no / supervised /
+  self-supervised pre-training x full fine-tuning / linear probe; :mod:`shiftlab.experiment.ssl_run`);
 * ``transfer``: fine-tuning a source model on subsets of a shifted target chosen by data-selection
   strategies (:mod:`shiftlab.experiment.transfer_run`);
 * ``tpt``: CLIP test-time prompt tuning (``recipes/tta/imagenet_tpt.yaml``): the recipe is
@@ -23,7 +25,7 @@ from shiftlab.config import read_recipe_mapping as read_raw
 from shiftlab.errors import RecipeError
 from shiftlab.experiment.run import Experiment, RunOptions
 
-KINDS = ("train", "fewshot", "pinn", "tta", "tpt", "transfer")
+KINDS = ("train", "fewshot", "pinn", "tta", "tpt", "transfer", "ssl")
 
 
 def recipe_kind(raw: dict[str, Any]) -> str:
@@ -55,6 +57,10 @@ def run_recipe(
         from shiftlab.experiment.tta_run import run_tta
 
         return run_tta(raw, overrides, options, seeds)
+    if kind == "ssl":
+        from shiftlab.experiment.ssl_run import run_ssl
+
+        return run_ssl(raw, overrides, options, seeds)
     if kind == "transfer":
         from shiftlab.experiment.transfer_run import run_transfer
 

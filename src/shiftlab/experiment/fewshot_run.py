@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from shiftlab.backbones import create_backbone
 from shiftlab.batches import Episode, Labeled
@@ -57,6 +57,7 @@ from shiftlab.config import (
     BackboneCfg,
     MethodCfg,
     RunName,
+    StrictModel,
     apply_overrides,
     normalise_overrides,
     overrides_id,
@@ -119,11 +120,7 @@ __all__ = [
 # ----------------------------------------------------------------------------- recipe
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class FewShotData(_Strict):
+class FewShotData(StrictModel):
     """Meta-training data.
 
     Attributes:
@@ -163,7 +160,7 @@ class FewShotData(_Strict):
     limit_classes: int | None = Field(default=None, ge=2)
 
 
-class FewShotTrain(_Strict):
+class FewShotTrain(StrictModel):
     """The meta-training schedule.
 
     Attributes:
@@ -195,7 +192,7 @@ class FewShotTrain(_Strict):
     channels_last: bool = True
 
 
-class FewShotEvalSet(_Strict):
+class FewShotEvalSet(StrictModel):
     """One evaluation protocol (see the module docstring)."""
 
     name: str
@@ -218,14 +215,14 @@ class FewShotEvalSet(_Strict):
         return v
 
 
-class FewShotEval(_Strict):
+class FewShotEval(StrictModel):
     """Evaluation protocols and the test-episode seed (the same episodes for every method)."""
 
     sets: list[FewShotEvalSet] = Field(default_factory=list)
     seed: int = 12345
 
 
-class FewShotRecipe(_Strict):
+class FewShotRecipe(StrictModel):
     """A few-shot experiment (``kind: fewshot``); see the module docstring."""
 
     kind: Literal["fewshot"] = "fewshot"

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from shiftlab.backbones import create_backbone
 from shiftlab.batches import DomainPair, Labeled
@@ -106,14 +107,18 @@ def use_channels_last(option: str, device: torch.device) -> bool:
 
 @torch.no_grad()
 def accuracy(
-    method: Method, data: TensorData, batch_size: int, device: torch.device, channels_last: bool = False
+    model: Method | nn.Module, data: TensorData, batch_size: int, device: torch.device, channels_last: bool = False
 ) -> float:
-    """Top-1 accuracy of ``method.predict`` on ``data`` (in eval mode)."""
-    method.eval()
+    """Top-1 accuracy on ``data`` of a method's ``predict`` or a plain network's ``forward``
+    (``[B, C, H, W] -> [B, classes]``), in eval mode; the model's train/eval mode is restored."""
+    was = model.training
+    model.eval()
+    forward = model.predict if isinstance(model, Method) else model
     correct = 0
     for batch in data.batches(batch_size, device=device):
         x = memory_format(batch.x, channels_last)
-        correct += (method.predict(x).argmax(dim=1) == batch.y).sum().item()
+        correct += (forward(x).argmax(dim=1) == batch.y).sum().item()
+    model.train(was)
     return correct / max(len(data), 1)
 
 

@@ -74,13 +74,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import Tensor
 
 from shiftlab.backbones.base import Backbone
 from shiftlab.batches import Labeled
 from shiftlab.config import (
     RunName,
+    StrictModel,
     apply_overrides,
     normalise_overrides,
     overrides_id,
@@ -91,7 +92,7 @@ from shiftlab.data.sources import load_dataset
 from shiftlab.data.tensors import TensorData, to_float, to_uint8
 from shiftlab.data.transforms import fit_dataset
 from shiftlab.errors import RecipeError, ShiftlabError, TrainingError
-from shiftlab.experiment.run import RunInterrupted, RunOptions, open_run_folder, versions
+from shiftlab.experiment.run import RunInterrupted, RunOptions, accuracy, open_run_folder, versions
 from shiftlab.experiment.tta_run import DataFit, OptimizerCfg, SourceModel, build_source_model
 from shiftlab.io import (
     append_jsonl,
@@ -114,11 +115,7 @@ SELECTION_RULE = "fixed schedule: the last epoch's validation accuracy; nothing 
 # ----------------------------------------------------------------------------- recipe
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TargetShift(_Strict):
+class TargetShift(StrictModel):
     """The shift that makes the target domain.
 
     Attributes:
@@ -144,7 +141,7 @@ class TargetShift(_Strict):
         return v
 
 
-class TargetVal(_Strict):
+class TargetVal(StrictModel):
     """The validation set: a split of a dataset (default: the target's ``test``), or a
     ``fraction`` of the pool held out (fixed across seeds)."""
 
@@ -155,7 +152,7 @@ class TargetVal(_Strict):
     fraction: float | None = Field(default=None, gt=0, lt=1)
 
 
-class Target(_Strict):
+class Target(StrictModel):
     """The labelled target: its training pool (``dataset``/``split`` rows ``start`` to
     ``start + limit``), its validation set and its shift."""
 
@@ -167,7 +164,7 @@ class Target(_Strict):
     shift: TargetShift | None = None
 
 
-class AutoencoderCfg(_Strict):
+class AutoencoderCfg(StrictModel):
     """The embedding shift's autoencoder (see :class:`shiftlab.data.embedding_shift.AutoencoderConfig`),
     trained on the source training images, or on ``dataset``/``split`` when set (a source model
     that is loaded or pretrained has no training images here); ``limit``: the first N images."""
@@ -183,7 +180,7 @@ class AutoencoderCfg(_Strict):
     seed: int = 0
 
 
-class FinetuneCfg(_Strict):
+class FinetuneCfg(StrictModel):
     """How every configuration fine-tunes (the ``finetune`` method's ``hparams``: ``mode``,
     ``freeze_blocks``, ``lr_decay``, ...)."""
 
@@ -199,7 +196,7 @@ class FinetuneCfg(_Strict):
         return v
 
 
-class StrategySpec(_Strict):
+class StrategySpec(StrictModel):
     """A strategy under a label: ``strategy`` defaults to the label; ``hparams`` its own;
     ``class_balanced``: score-ranked strategies pick within each class, in proportion to the
     pool's class frequencies (see :func:`~shiftlab.methods.transfer.selection.base.rank_top_balanced`)."""
@@ -209,7 +206,7 @@ class StrategySpec(_Strict):
     class_balanced: bool = False
 
 
-class SelectionCfg(_Strict):
+class SelectionCfg(StrictModel):
     """The selection grid.
 
     Attributes:
@@ -257,7 +254,7 @@ class SelectionCfg(_Strict):
         return {k: v for k, v in self.strategies.items() if v is not None}
 
 
-class TransferRecipe(_Strict):
+class TransferRecipe(StrictModel):
     """A ``kind: transfer`` recipe (see the module doc)."""
 
     kind: Literal["transfer"] = "transfer"
@@ -394,17 +391,6 @@ def load_transfer_data(recipe: TransferRecipe, options: RunOptions, cache_dir: P
 # ----------------------------------------------------------------------------- training
 
 
-@torch.no_grad()
-def _accuracy(model: Backbone, data: TensorData, device: torch.device, batch: int = 1000) -> float:
-    was = model.training
-    model.eval()
-    correct = 0
-    for b in data.batches(batch, device=device):
-        correct += int((model(b.x).argmax(1) == b.y).sum())
-    model.train(was)
-    return correct / max(len(data), 1)
-
-
 class _Finetuner:
     """Builds and trains ``finetune`` methods with the recipe's settings."""
 
@@ -499,7 +485,7 @@ def _run_seed(recipe: TransferRecipe, ov: dict[str, Any], data: TransferData, op
 
     source, src_info = build_source_model(recipe, seed, num_classes, device, data.source,  # type: ignore[arg-type]
                                           out / "source_model", options.data_dir)
-    source_acc = _accuracy(source, data.val, device)
+    source_acc = accuracy(source, data.val, 1000, device)
     log.info("%s seed %d: source model (%s) accuracy on the target validation set %.4f", recipe.name, seed,
              src_info.origin, source_acc)
 
@@ -599,7 +585,7 @@ def _run_config(recipe: TransferRecipe, cfg: Config, source: Backbone, source_ac
         t0 = time.perf_counter()
         loss = tuner.epoch(method, subset, epoch_generator(seed, epoch, 100 + stream), epoch, epochs, where)
         train_s = time.perf_counter() - t0
-        acc = _accuracy(model, data.val, device)
+        acc = accuracy(model, data.val, 1000, device)
         rows.append(_row(cfg, epoch, k, acc, loss, train_s, sel_s))
     log.info("%s: validation accuracy %.4f after %d epochs", where, rows[-1]["metrics"][f"{cfg.label}/acc"], epochs)
     return rows

@@ -79,7 +79,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import Tensor
 
 from shiftlab.backbones import BACKBONES, create_backbone
@@ -88,6 +88,7 @@ from shiftlab.batches import Labeled
 from shiftlab.config import (
     BackboneCfg,
     RunName,
+    StrictModel,
     apply_overrides,
     normalise_overrides,
     overrides_id,
@@ -141,11 +142,7 @@ SELECTION = "none: a fixed source model; test-time methods adapt on unlabelled t
 # ----------------------------------------------------------------------------- recipe
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class OptimizerCfg(_Strict):
+class OptimizerCfg(StrictModel):
     """A test-time optimizer (see :class:`~shiftlab.optim.OptimizerFactory`)."""
 
     name: Literal["adam", "adamw", "sgd"] = "adam"
@@ -158,7 +155,7 @@ class OptimizerCfg(_Strict):
         return OptimizerFactory(self.name, self.lr, self.weight_decay, self.momentum, self.nesterov)
 
 
-class SourceTrain(_Strict):
+class SourceTrain(StrictModel):
     """How the source model is trained when ``source.dataset`` is set (ERM, no augmentation)."""
 
     epochs: int = Field(default=2, ge=1)
@@ -170,7 +167,7 @@ class SourceTrain(_Strict):
     limit: int | None = Field(default=None, ge=1, description="train on the first N images only")
 
 
-class Normalize(_Strict):
+class Normalize(StrictModel):
     """Per-channel input normalisation inside the model, ``(x - mean) / std`` (shifts and
     augmentations act on images in [0, 1] before it). akamaster's CIFAR ResNets were
     trained with the ImageNet statistics."""
@@ -187,7 +184,7 @@ class Normalize(_Strict):
         return self
 
 
-class SourceModel(_Strict):
+class SourceModel(StrictModel):
     """The source model: trained here (``dataset``), loaded (``checkpoint``) or built
     pretrained by the backbone (e.g. ``resnet_cifar20`` with ``pretrained: true``).
 
@@ -225,7 +222,7 @@ class SourceModel(_Strict):
         return self
 
 
-class DataFit(_Strict):
+class DataFit(StrictModel):
     """Every image (training, evaluation, natural shifts) is brought to ``channels`` x
     ``image_size`` x ``image_size`` by zero-padding (``pad``) or bilinear ``resize``."""
 
@@ -234,7 +231,7 @@ class DataFit(_Strict):
     fit: Literal["pad", "resize"] = "pad"
 
 
-class TtaSet(_Strict):
+class TtaSet(StrictModel):
     """A labelled evaluation set (its labels only score the predictions)."""
 
     name: str
@@ -247,7 +244,7 @@ class TtaSet(_Strict):
         return f"{self.name}-{self.split}"
 
 
-class TtaEval(_Strict):
+class TtaEval(StrictModel):
     """What the methods are evaluated on.
 
     Attributes:
@@ -294,7 +291,7 @@ class TtaEval(_Strict):
         return list(CORRUPTIONS) if self.corruptions == "all" else list(self.corruptions)
 
 
-class TtaMethodSpec(_Strict):
+class TtaMethodSpec(StrictModel):
     """One compared method.
 
     Attributes:
@@ -319,7 +316,7 @@ class TtaMethodSpec(_Strict):
     fisher_samples: int = Field(default=0, ge=0)
 
 
-class TtaRecipe(_Strict):
+class TtaRecipe(StrictModel):
     """A test-time adaptation experiment (``kind: tta``); see the module docstring."""
 
     kind: Literal["tta"] = "tta"
@@ -531,7 +528,9 @@ def _train_erm(net: Backbone, train: TensorData, cfg: SourceTrain, seed: int, de
             if not all(math.isfinite(v) for v in losses.values()):
                 raise TrainingError(f"Source training diverged at epoch {epoch + 1}, step {i + 1}: {losses}; "
                                     "lower source.train.lr.")
-        log.info("source model: epoch %d/%d, loss %.4f", epoch + 1, cfg.epochs, losses.get("loss", float("nan")))
+        # long schedules on few images (fine-tuning on 100 labels for 100 epochs) log ~10 lines
+        if cfg.epochs <= 20 or (epoch + 1) % max(1, cfg.epochs // 10) == 0 or epoch + 1 == cfg.epochs:
+            log.info("source model: epoch %d/%d, loss %.4f", epoch + 1, cfg.epochs, losses.get("loss", float("nan")))
     method.eval()
 
 

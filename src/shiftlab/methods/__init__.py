@@ -106,7 +106,7 @@ def create_method(
 
 
 # Registration happens on import of the method modules.
-from shiftlab.methods import erm, fewshot, transfer, tta, uda  # noqa: E402,F401
+from shiftlab.methods import erm, fewshot, ssl, transfer, tta, uda  # noqa: E402,F401
 
 __all__ = [
     "METHODS",

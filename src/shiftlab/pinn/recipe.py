@@ -24,10 +24,11 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from shiftlab.config import (
     RunName,
+    StrictModel,
     apply_overrides,
     normalise_overrides,
     read_recipe_mapping,
@@ -44,11 +45,7 @@ __all__ = ["PinnRecipe", "is_pinn_recipe", "load_pinn_recipe"]
 Value = float | str | list[float]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SystemSection(_Strict):
+class SystemSection(StrictModel):
     """A system: a registry name, or ``module:function`` with its state/parameter names."""
 
     name: str
@@ -56,7 +53,7 @@ class SystemSection(_Strict):
     params: list[str] | None = None
 
 
-class NetSection(_Strict):
+class NetSection(StrictModel):
     """The MLP ``N`` (defaults: the source document's SIR network, see :class:`NetConfig`)."""
 
     width: int = Field(default=NetConfig.width, ge=1)
@@ -74,7 +71,7 @@ class NetSection(_Strict):
         return NetConfig(self.width, self.depth, self.activation)
 
 
-class TrainSection(_Strict):
+class TrainSection(StrictModel):
     """The schedule; see :class:`~shiftlab.pinn.solver.TrainConfig` for each field."""
 
     points: int = Field(default=TrainConfig.points, ge=1)
@@ -102,7 +99,7 @@ class TrainSection(_Strict):
         return TrainConfig(**self.model_dump())
 
 
-class TransferSection(_Strict):
+class TransferSection(StrictModel):
     """A transfer target: what changes, how to fine-tune, whether to train from scratch too.
 
     Attributes:
@@ -126,7 +123,7 @@ class TransferSection(_Strict):
     compare_scratch: bool = True
 
 
-class EvalSection(_Strict):
+class EvalSection(StrictModel):
     """Evaluation against ``solve_ivp``.
 
     Attributes:
@@ -148,7 +145,7 @@ class EvalSection(_Strict):
     method: Literal["DOP853", "Radau", "RK45", "LSODA", "BDF"] = "DOP853"
 
 
-class PinnRecipe(_Strict):
+class PinnRecipe(StrictModel):
     """A PINN experiment (see the module docstring for an example)."""
 
     kind: Literal["pinn"]
