@@ -60,7 +60,6 @@ from shiftlab.config import (
     StrictModel,
     apply_overrides,
     normalise_overrides,
-    overrides_id,
     validate_recipe,
     variant_label,
 )
@@ -82,7 +81,15 @@ from shiftlab.data.sources import load_dataset
 from shiftlab.data.tensors import TensorData, to_float
 from shiftlab.data.transforms import fit_channels, fit_images
 from shiftlab.errors import RecipeError, ShiftlabError, TrainingError
-from shiftlab.experiment.run import RunExists, RunInterrupted, RunOptions, open_run_folder, versions
+from shiftlab.experiment.run import (
+    RunExists,
+    RunInterrupted,
+    RunOptions,
+    open_run_folder,
+    run_dir_for,
+    run_seeds_locked,
+    versions,
+)
 from shiftlab.io import (
     append_jsonl,
     atomic_write_json,
@@ -642,11 +649,13 @@ def run_fewshot(
     """
     recipe, ov = load_fewshot_recipe(raw_recipe, overrides)
     data = prepare(recipe, options.data_dir, options.download)
-    return [_run_seed(recipe, ov, data, options, s) for s in (seeds if seeds is not None else recipe.seeds)]
+    return run_seeds_locked(seeds if seeds is not None else recipe.seeds,
+                            lambda s: run_dir_for(recipe.name, ov, s, options.runs_dir),
+                            lambda s: _run_seed(recipe, ov, data, options, s))
 
 
 def _run_seed(recipe: FewShotRecipe, ov: dict[str, Any], data: PreparedData, options: RunOptions, seed: int) -> dict[str, Any]:
-    out = Path(options.runs_dir) / recipe.name / overrides_id(ov) / f"seed-{seed}"
+    out = run_dir_for(recipe.name, ov, seed, options.runs_dir)
     ckpt = out / "checkpoint"
     metrics_path = out / "metrics.json"
     finished, resuming = open_run_folder(out, options, ckpt.with_suffix(".json"), "from its last checkpoint")

@@ -19,7 +19,7 @@ import platform
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from shiftlab.config import Recipe, overrides_id, variant_label
 from shiftlab.data.tensors import TensorData
 from shiftlab.errors import ShiftlabError, TrainingError
 from shiftlab.experiment.data import RunData, build_run_data
+from shiftlab.experiment.lock import run_lock
 from shiftlab.io import (
     append_jsonl,
     atomic_write_json,
@@ -89,8 +90,21 @@ class RunOptions:
     channels_last: str = "auto"
 
 
-def run_dir_for(recipe: Recipe, overrides: dict[str, Any], seed: int, runs_dir: Path) -> Path:
-    return Path(runs_dir) / recipe.name / overrides_id(overrides) / f"seed-{seed}"
+def run_dir_for(name: str, overrides: dict[str, Any], seed: int, runs_dir: str | Path) -> Path:
+    """``runs_dir/<recipe name>/<variant id>/seed-<seed>``: every runner's seed folder."""
+    return Path(runs_dir) / name / overrides_id(overrides) / f"seed-{seed}"
+
+
+def run_seeds_locked(
+    seeds: Sequence[int], folder: Callable[[int], Path], run: Callable[[int], dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """``run(seed)`` for each seed while holding the lock of its folder ``folder(seed)``
+    (:func:`shiftlab.experiment.lock.run_lock`: one writer per run folder)."""
+    results = []
+    for seed in seeds:
+        with run_lock(folder(seed)):
+            results.append(run(seed))
+    return results
 
 
 def memory_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -220,10 +234,19 @@ class Experiment:
         return [self.run_seed(s) for s in (seeds if seeds is not None else self.recipe.seeds)]
 
     def run_dir(self, seed: int) -> Path:
-        return run_dir_for(self.recipe, self.overrides, seed, self.options.runs_dir)
+        return run_dir_for(self.recipe.name, self.overrides, seed, self.options.runs_dir)
 
     def run_seed(self, seed: int) -> dict[str, Any]:
-        """Train and evaluate one seed; see the module docstring for what is written."""
+        """Train and evaluate one seed (holding its folder's lock); see the module docstring
+        for what is written.
+
+        Raises:
+            RunLocked: another live process is writing the same run folder.
+        """
+        with run_lock(self.run_dir(seed)):
+            return self._run_seed(seed)
+
+    def _run_seed(self, seed: int) -> dict[str, Any]:
         out = self.run_dir(seed)
         ckpt = out / "checkpoint"
         metrics_path = out / "metrics.json"

@@ -111,7 +111,6 @@ from shiftlab.config import (
     StrictModel,
     apply_overrides,
     normalise_overrides,
-    overrides_id,
     validate_recipe,
     variant_label,
 )
@@ -126,6 +125,8 @@ from shiftlab.experiment.run import (
     _progress,
     accuracy,
     open_run_folder,
+    run_dir_for,
+    run_seeds_locked,
     versions,
 )
 from shiftlab.experiment.tta_run import DataFit, OptimizerCfg, SourceTrain, _check_same, _train_erm
@@ -679,7 +680,9 @@ def run_ssl(
     recipe, ov = load_ssl_recipe(raw_recipe, overrides)
     data = _load_data(recipe, options)
     mon = _monitor_sets(recipe, data)
-    return [_run_seed(recipe, ov, data, mon, options, s) for s in (seeds if seeds is not None else recipe.seeds)]
+    return run_seeds_locked(seeds if seeds is not None else recipe.seeds,
+                            lambda s: run_dir_for(recipe.name, ov, s, options.runs_dir),
+                            lambda s: _run_seed(recipe, ov, data, mon, options, s))
 
 
 def _target_sets(recipe: SslRecipe, data: SslData, seed: int) -> tuple[TensorData, TensorData, dict[str, Any]]:
@@ -707,7 +710,7 @@ def _target_sets(recipe: SslRecipe, data: SslData, seed: int) -> tuple[TensorDat
 
 def _run_seed(recipe: SslRecipe, ov: dict[str, Any], data: SslData, mon: MonitorSets | None,
               options: RunOptions, seed: int) -> dict[str, Any]:
-    out = Path(options.runs_dir) / recipe.name / overrides_id(ov) / f"seed-{seed}"
+    out = run_dir_for(recipe.name, ov, seed, options.runs_dir)
     finished, resuming = open_run_folder(
         out, options, None, "the cached pre-trained models, the SSL checkpoint and the finished settings are kept")
     if finished is not None:

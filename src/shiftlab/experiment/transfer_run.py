@@ -84,7 +84,6 @@ from shiftlab.config import (
     StrictModel,
     apply_overrides,
     normalise_overrides,
-    overrides_id,
     validate_recipe,
     variant_label,
 )
@@ -92,7 +91,15 @@ from shiftlab.data.sources import load_dataset
 from shiftlab.data.tensors import TensorData, to_float, to_uint8
 from shiftlab.data.transforms import fit_dataset
 from shiftlab.errors import RecipeError, ShiftlabError, TrainingError
-from shiftlab.experiment.run import RunInterrupted, RunOptions, accuracy, open_run_folder, versions
+from shiftlab.experiment.run import (
+    RunInterrupted,
+    RunOptions,
+    accuracy,
+    open_run_folder,
+    run_dir_for,
+    run_seeds_locked,
+    versions,
+)
 from shiftlab.experiment.tta_run import DataFit, OptimizerCfg, SourceModel, build_source_model
 from shiftlab.io import (
     append_jsonl,
@@ -454,14 +461,16 @@ def run_transfer(
     data = load_transfer_data(recipe, options, cache_dir)
     if len(data.pool) < 2:
         raise ShiftlabError(f"The target pool has {len(data.pool)} images; fine-tuning needs more.")
-    return [_run_seed(recipe, ov, data, options, s) for s in (seeds if seeds is not None else recipe.seeds)]
+    return run_seeds_locked(seeds if seeds is not None else recipe.seeds,
+                            lambda s: run_dir_for(recipe.name, ov, s, options.runs_dir),
+                            lambda s: _run_seed(recipe, ov, data, options, s))
 
 
 def _run_seed(recipe: TransferRecipe, ov: dict[str, Any], data: TransferData, options: RunOptions,
               seed: int) -> dict[str, Any]:
     from shiftlab.experiment.tta_run import _check_same
 
-    out = Path(options.runs_dir) / recipe.name / overrides_id(ov) / f"seed-{seed}"
+    out = run_dir_for(recipe.name, ov, seed, options.runs_dir)
     finished, resuming = open_run_folder(
         out, options, None, "the cached source model and the finished configurations are kept")
     if finished is not None:

@@ -91,7 +91,6 @@ from shiftlab.config import (
     StrictModel,
     apply_overrides,
     normalise_overrides,
-    overrides_id,
     validate_recipe,
     variant_label,
 )
@@ -99,7 +98,15 @@ from shiftlab.data.sources import load_dataset
 from shiftlab.data.tensors import TensorData, to_float, to_uint8
 from shiftlab.data.transforms import fit_dataset
 from shiftlab.errors import DataError, RecipeError, ShiftlabError, TrainingError
-from shiftlab.experiment.run import RunExists, RunInterrupted, RunOptions, open_run_folder, versions
+from shiftlab.experiment.run import (
+    RunExists,
+    RunInterrupted,
+    RunOptions,
+    open_run_folder,
+    run_dir_for,
+    run_seeds_locked,
+    versions,
+)
 from shiftlab.io import (
     append_jsonl,
     atomic_write_json,
@@ -664,7 +671,9 @@ def run_tta(
     """
     recipe, ov = load_tta_recipe(raw_recipe, overrides)
     train, sets = _load_sets(recipe, options)
-    return [_run_seed(recipe, ov, train, sets, options, s) for s in (seeds if seeds is not None else recipe.seeds)]
+    return run_seeds_locked(seeds if seeds is not None else recipe.seeds,
+                            lambda s: run_dir_for(recipe.name, ov, s, options.runs_dir),
+                            lambda s: _run_seed(recipe, ov, train, sets, options, s))
 
 
 def _check_same(path: Path, config: dict[str, Any],
@@ -692,7 +701,7 @@ def _run_seed(
     recipe: TtaRecipe, ov: dict[str, Any], train: TensorData | None, sets: dict[str, TensorData],
     options: RunOptions, seed: int,
 ) -> dict[str, Any]:
-    out = Path(options.runs_dir) / recipe.name / overrides_id(ov) / f"seed-{seed}"
+    out = run_dir_for(recipe.name, ov, seed, options.runs_dir)
     metrics_path = out / "metrics.json"
     finished, resuming = open_run_folder(
         out, options, None, "the cached source model and the finished (method, shift) results are kept")
