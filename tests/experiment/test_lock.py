@@ -103,3 +103,14 @@ def test_a_locked_run_folder_is_not_touched_by_a_second_run(tmp_path: Path) -> N
     with pytest.raises(RunLocked):
         run_recipe(recipe, {}, RunOptions(runs_dir=tmp_path, progress=False))
     assert not out.exists()
+
+
+def test_an_unreadable_lock_is_reported_not_broken(tmp_path: Path) -> None:
+    out = tmp_path / "seed-0"
+    path = lock_path(out)
+    path.write_text("{not json")
+    old = time.time() - 60  # not an owner caught between creating and writing it
+    os.utime(path, (old, old))
+    with pytest.raises(RunLocked, match="unreadable"), run_lock(out):
+        pass
+    assert path.read_text() == "{not json"

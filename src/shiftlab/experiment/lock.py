@@ -119,7 +119,7 @@ def run_lock(out: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     host = socket.gethostname()
     me = {"host": host, "pid": os.getpid(), "time": time.time(), "command": " ".join(sys.argv)[:500]}
-    for _attempt in range(3):
+    for _attempt in range(60):  # up to ~12 s while a lock file is being written
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:

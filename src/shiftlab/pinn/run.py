@@ -38,6 +38,7 @@ import torch
 
 from shiftlab.config import overrides_id, variant_label
 from shiftlab.errors import ShiftlabError
+from shiftlab.experiment.lock import run_lock
 from shiftlab.io import append_jsonl, atomic_write_json, atomic_write_yaml, read_jsonl
 from shiftlab.pinn.box import Box
 from shiftlab.pinn.nets import NetConfig
@@ -216,25 +217,26 @@ def run_pinn(
     out_all = []
     for seed in seeds if seeds is not None else rec.seeds:
         out = Path(runs_dir) / rec.name / overrides_id(ov) / f"seed-{seed}"
-        metrics_path = out / "metrics.json"
-        if out.exists() and any(out.iterdir()):
-            if overwrite:
-                backup = out.with_name(f"{out.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-                shutil.move(str(out), str(backup))
-                log.info("moved the earlier run %s aside to %s", out, backup)
-            elif metrics_path.exists():
-                if resume:
-                    log.info("%s is finished; keeping it (resume)", out)
-                    out_all.append(json.loads(metrics_path.read_text(encoding="utf-8")))
-                    continue
-                raise PinnRunExists(
-                    f"The run {out} already finished (metrics.json exists). Pass --resume to keep it "
-                    "and skip it, or --overwrite to run it again (the old folder is kept as a backup)."
-                )
-            else:
-                log.info("%s is unfinished; PINN runs restart from the beginning", out)
-        out.mkdir(parents=True, exist_ok=True)
-        out_all.append(_run_seed(rec, ov, seed, out))
+        with run_lock(out):  # one writer per run folder
+            metrics_path = out / "metrics.json"
+            if out.exists() and any(out.iterdir()):
+                if overwrite:
+                    backup = out.with_name(f"{out.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+                    shutil.move(str(out), str(backup))
+                    log.info("moved the earlier run %s aside to %s", out, backup)
+                elif metrics_path.exists():
+                    if resume:
+                        log.info("%s is finished; keeping it (resume)", out)
+                        out_all.append(json.loads(metrics_path.read_text(encoding="utf-8")))
+                        continue
+                    raise PinnRunExists(
+                        f"The run {out} already finished (metrics.json exists). Pass --resume to keep it "
+                        "and skip it, or --overwrite to run it again (the old folder is kept as a backup)."
+                    )
+                else:
+                    log.info("%s is unfinished; PINN runs restart from the beginning", out)
+            out.mkdir(parents=True, exist_ok=True)
+            out_all.append(_run_seed(rec, ov, seed, out))
     return out_all
 
 
