@@ -81,28 +81,37 @@ def test_interrupted_run_resumes_to_identical_metrics(tmp_path: Path) -> None:
     assert len(list(out.parent.glob("seed-0.old-*"))) == 1
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad: float
 ) -> None:
+    """A non-finite loss in epoch 2 stops the run naming the value, the epoch and train.lr;
+    the checkpoint of epoch 1 is intact (it loads with ``load_state`` and says epoch 1), and once
+    the fault is gone ``--resume`` continues from it to the uninterrupted result."""
+    from shiftlab.io import load_state
     from shiftlab.methods.erm import ERM
 
+    ref = _exp(tmp_path / "ref").run_seed(0)
     calls = {"n": 0}
     real = ERM.update
 
     def flaky(self: ERM, batch: object) -> dict[str, float]:
         calls["n"] += 1
         out = real(self, batch)
-        return {"loss": float("nan")} if calls["n"] > 25 else out
+        return {"loss": bad} if calls["n"] > 25 else out
 
     monkeypatch.setattr(ERM, "update", flaky)
     exp = _exp(tmp_path)
     with pytest.raises(TrainingError) as info:
         exp.run_seed(0)
     msg = str(info.value)
-    assert "nan" in msg and "epoch 2" in msg and "train.lr" in msg
+    assert str(bad) in msg and "epoch 2" in msg and "train.lr" in msg
     out = exp.run_dir(0)
     state = json.loads((out / "checkpoint.json").read_text())
     assert state["state"]["__dict__"] and (out / "results.jsonl").read_text().count("\n") == 1
+    assert int(load_state(out / "checkpoint")["epoch"]) == 1
+    monkeypatch.setattr(ERM, "update", real)
+    assert _exp(tmp_path, resume=True).run_seed(0)["metrics"] == ref["metrics"]
 
 
 def test_missing_data_folder_names_path_and_download(tmp_path: Path) -> None:
