@@ -38,6 +38,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from shiftlab.cli import parse_seeds  # noqa: E402
 from shiftlab.config import overrides_id, read_recipe_mapping  # noqa: E402
 from shiftlab.experiment.dispatch import run_recipe  # noqa: E402
 from shiftlab.experiment.report import write_benchmark  # noqa: E402
@@ -52,15 +53,6 @@ SCENARIOS = {
 CLAIMS = (("C", "B"), ("E", "D"))
 EXTRA = ("ssl/init_knn_acc", "ssl/knn_acc", "ssl/probe_acc", "supervised/knn_acc", "ssl/images_per_s",
          "ssl/seconds", "supervised/seconds")
-
-
-def _seeds(text: str | None) -> list[int] | None:
-    if not text:
-        return None
-    if "-" in text:
-        a, b = text.split("-")
-        return list(range(int(a), int(b) + 1))
-    return [int(s) for s in text.replace(",", " ").split()]
 
 
 def _ci(s: Any) -> float | None:
@@ -158,7 +150,7 @@ def main() -> None:
     t0 = time.perf_counter()
     for sc in todo:
         run_recipe(REPO / SCENARIOS[sc], args.overrides,
-                   RunOptions(runs_dir=root, data_dir=args.data_dir, resume=True, progress=False), _seeds(args.seeds))
+                   RunOptions(runs_dir=root, data_dir=args.data_dir, resume=True, progress=False), parse_seeds(args.seeds or None))
     out = Path(args.out)
     results = [aggregate(sc, p, args.overrides, root, out.parent, out.stem) for sc, p in SCENARIOS.items()]
     results = [r for r in results if r.get("seeds")]

@@ -37,6 +37,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from shiftlab.cli import parse_seeds  # noqa: E402
 from shiftlab.config import overrides_id, read_recipe_mapping  # noqa: E402
 from shiftlab.experiment.dispatch import run_recipe  # noqa: E402
 from shiftlab.experiment.report import write_benchmark  # noqa: E402
@@ -52,15 +53,6 @@ SCENARIOS = {
     "mnist_gaussian_blur": "recipes/transfer/mnist_gaussian_blur.yaml",
 }
 CHEAP = ("random", "entropy_most", "entropy_least", "error", "margin", "el2n", "kcenter")
-
-
-def _seeds(text: str | None) -> list[int] | None:
-    if not text:
-        return None
-    if "-" in text:
-        a, b = text.split("-")
-        return list(range(int(a), int(b) + 1))
-    return [int(s) for s in text.replace(",", " ").split()]
 
 
 def _runs(root: Path, recipe_name: str, variant: str) -> list[Path]:
@@ -164,7 +156,7 @@ def main() -> None:
     for sc in todo:
         run_recipe(REPO / SCENARIOS[sc], args.overrides, RunOptions(runs_dir=root, data_dir=args.data_dir,
                                                                       resume=True, progress=False),
-                   _seeds(args.seeds))
+                   parse_seeds(args.seeds or None))
     out_dir = Path(args.out).parent
     stem = Path(args.out).stem
     results = [aggregate(sc, p, args.overrides, root, out_dir, stem) for sc, p in SCENARIOS.items()]

@@ -38,7 +38,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -868,6 +868,17 @@ def digits_strong(image_size: int = 32) -> Augment:
     ).build()
 
 
+def _byol_views(image_size: int, hflip_p: float, blur_sigma: tuple[float, float], **crop: Any) -> TwoViewAugment:
+    """BYOL's two asymmetric views (jitter 0.4/0.4/0.2/0.1 p=0.8, grayscale p=0.2, blur p=1.0 /
+    0.1, solarize p=0 / 0.2 at 0.5) with the given flip, blur sigma and crop options."""
+    common = dict(resized_crop_size=int(image_size), hflip_p=hflip_p, jitter=(0.4, 0.4, 0.2, 0.1), jitter_p=0.8,
+                  grayscale_p=0.2, blur_sigma=blur_sigma, solarize_threshold=0.5, **crop)
+    return TwoViewAugment(
+        AugmentConfig(blur_p=1.0, solarize_p=0.0, **common).build(),  # type: ignore[arg-type]
+        AugmentConfig(blur_p=0.1, solarize_p=0.2, **common).build(),  # type: ignore[arg-type]
+    )
+
+
 def byol_small(image_size: int) -> TwoViewAugment:
     """BYOL's two asymmetric view pipelines, for small images of side ``image_size``.
 
@@ -885,19 +896,7 @@ def byol_small(image_size: int) -> TwoViewAugment:
     Returns:
         A :class:`TwoViewAugment`; ``.apply(x, generator)`` gives :class:`~shiftlab.batches.Views`.
     """
-    common = dict(
-        resized_crop_size=int(image_size),
-        hflip_p=0.5,
-        jitter=(0.4, 0.4, 0.2, 0.1),
-        jitter_p=0.8,
-        grayscale_p=0.2,
-        blur_sigma=(0.1, 2.0),
-        solarize_threshold=0.5,
-    )
-    return TwoViewAugment(
-        AugmentConfig(blur_p=1.0, solarize_p=0.0, **common).build(),  # type: ignore[arg-type]
-        AugmentConfig(blur_p=0.1, solarize_p=0.2, **common).build(),  # type: ignore[arg-type]
-    )
+    return _byol_views(image_size, hflip_p=0.5, blur_sigma=(0.1, 2.0))
 
 
 def byol_digits(image_size: int) -> TwoViewAugment:
@@ -921,20 +920,7 @@ def byol_digits(image_size: int) -> TwoViewAugment:
     Returns:
         A :class:`TwoViewAugment`; ``.apply(x, generator)`` gives :class:`~shiftlab.batches.Views`.
     """
-    common = dict(
-        resized_crop_size=int(image_size),
-        resized_crop_scale=(0.5, 1.0),
-        hflip_p=0.0,
-        jitter=(0.4, 0.4, 0.2, 0.1),
-        jitter_p=0.8,
-        grayscale_p=0.2,
-        blur_sigma=(0.1, 1.0),
-        solarize_threshold=0.5,
-    )
-    return TwoViewAugment(
-        AugmentConfig(blur_p=1.0, solarize_p=0.0, **common).build(),  # type: ignore[arg-type]
-        AugmentConfig(blur_p=0.1, solarize_p=0.2, **common).build(),  # type: ignore[arg-type]
-    )
+    return _byol_views(image_size, hflip_p=0.0, blur_sigma=(0.1, 1.0), resized_crop_scale=(0.5, 1.0))
 
 
 # --------------------------------------------------------------------------- AugMix
