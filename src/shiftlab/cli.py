@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from shiftlab.errors import ShiftlabError
@@ -121,25 +122,62 @@ def sweep(
     recipe: Path = typer.Argument(..., help="Recipe YAML."),
     grid: list[str] = typer.Option([], "--grid", help="KEY=V1,V2,... (repeatable; the product is run)."),
     set_: list[str] = typer.Option([], "--set", help="Fixed overrides for every run."),
-    seeds: str | None = typer.Option(None, "--seeds", help="Seeds: '0-4', '0,1,2'."),
-    launcher: str = typer.Option("local", "--launcher", help="local (process pool)."),
-    workers: int = typer.Option(1, "--workers", help="Parallel runs for the local launcher."),
+    seeds: str | None = typer.Option(None, "--seeds", help="Seeds: '0-4', '0,1,2' (default: the recipe's)."),
+    launcher: str = typer.Option("local", "--launcher", help="local (process pool), ray or slurm (submitit)."),
+    max_parallel: int | None = typer.Option(None, "--max-parallel", "--workers",
+                                            help="Runs at once (local default: cores / --threads)."),
+    threads: int = typer.Option(1, "--threads", help="Torch threads per run (0: torch's default)."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
     data_dir: Path | None = DataDirOpt,
     device: str | None = typer.Option(None, "--device"),
-    resume: bool = typer.Option(False, "--resume"),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster (auto, host:6379); default: start a local one."),
+    num_cpus: float = typer.Option(1, "--num-cpus", help="Ray: CPUs per run."),
+    num_gpus: float = typer.Option(0, "--num-gpus", help="Ray: GPUs per run (fractions allowed)."),
+    slurm_cluster: str | None = typer.Option(None, "--slurm-cluster", help="slurm, local or debug (default: slurm if sbatch exists)."),
+    slurm_partition: str | None = typer.Option(None, "--slurm-partition"),
+    slurm_time: int = typer.Option(60, "--slurm-time", help="SLURM time limit per run, minutes."),
+    slurm_gpus: int = typer.Option(0, "--slurm-gpus", help="SLURM GPUs per run."),
+    slurm_cpus: int = typer.Option(1, "--slurm-cpus", help="SLURM CPUs per run."),
+    slurm_array: bool = typer.Option(True, "--slurm-array/--slurm-one-job-per-run", help="One job array, or one job per run."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the runs (and which are finished); run nothing."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """Run the product of --grid values × seeds; then `shiftlab report` the runs folder."""
-    from shiftlab.experiment.launch import expand_grid, launch
+    """Run the product of --grid values x seeds; finished runs (metrics.json) are skipped and
+    unfinished ones resumed, so launching a crashed sweep again completes exactly the missing runs."""
+    from shiftlab.experiment import launch as la
 
     _setup_logging(quiet)
-    jobs = expand_grid(recipe, grid, set_, parse_seeds(seeds))
-    done = launch(
-        jobs, launcher=launcher, workers=workers, runs_dir=runs_dir,
-        data_dir=str(data_dir) if data_dir else None, device=device, resume=resume,
-    )
-    out.print(f"{len(done)} run(s) finished in {runs_dir}. `shiftlab report {runs_dir}` aggregates them.")
+    jobs = la.expand_grid(recipe, grid, set_, parse_seeds(seeds))
+    spec = la.RunSpec(runs_dir=str(runs_dir.resolve()), data_dir=str(data_dir.resolve()) if data_dir else None,
+                      device=device, threads=threads)
+    if dry_run:
+        for job in jobs:
+            state = "finished" if la.finished_result(job, runs_dir) else "to run"
+            out.print(f"{state:9s} {job.label()}  ->  {la.job_dir(job, runs_dir)}", markup=False, highlight=False)
+        return
+    options: dict[str, object] = {
+        "local": {"max_parallel": max_parallel},
+        "ray": {"address": ray_address, "num_cpus": num_cpus, "num_gpus": num_gpus, "max_parallel": max_parallel},
+        "slurm": {"folder": runs_dir / ".submitit", "cluster": slurm_cluster, "partition": slurm_partition,
+                  "time_min": slurm_time, "gpus": slurm_gpus, "cpus": slurm_cpus, "array": slurm_array,
+                  "max_parallel": max_parallel},
+    }.get(launcher, {})
+    result = la.sweep(jobs, la.make_launcher(launcher, **options), spec)
+    table = Table(title=f"sweep of {recipe.name}: {len(result.ran)} ran, {len(result.skipped)} already "
+                        f"finished, {len(result.failed)} failed ({result.seconds:.1f} s, {launcher})")
+    for col in ("run", "status", "metric"):
+        table.add_column(col, overflow="fold")
+    for r in result.results:
+        metrics = (r.metrics or {}).get("metrics", {})
+        key = next((k for k in metrics if k.endswith("/acc") and not k.startswith(("train/", "source_val/"))), None)
+        status = "failed" if r.error else "skipped" if r.skipped else "ran"
+        table.add_row(escape(r.job.label()), status, f"{key}={_fmt_metric(key, metrics[key])}" if key else escape(r.error or "-"))
+    out.print(table)
+    if result.failed:
+        err.print(f"[red]{len(result.failed)} run(s) failed[/red]; fix the cause and launch the same sweep "
+                  "again: finished runs are skipped, so only the missing ones run.")
+        raise typer.Exit(1)
+    out.print(f"`shiftlab report {runs_dir}` aggregates the runs.")
 
 
 @app.command("list")
