@@ -84,10 +84,16 @@ def run(
     channels_last: str = typer.Option(
         "auto", "--channels-last", help="auto (on for CPU: ~1.3x faster convolutions), on or off."
     ),
+    nproc: int = typer.Option(1, "--nproc", help="Train one run on N processes (data-parallel; gloo on CPU, "
+                              "one GPU each on CUDA). torchrun works too."),
 ) -> None:
     """Run a recipe for each seed; writes runs/<recipe>/<variant>/seed-<k>/."""
+    from dataclasses import replace
+    from functools import partial
+
     from shiftlab.config import parse_override
-    from shiftlab.experiment.dispatch import run_recipe
+    from shiftlab.experiment import distributed
+    from shiftlab.experiment.dispatch import read_raw, recipe_kind, run_recipe
     from shiftlab.experiment.run import RunOptions
 
     _setup_logging(quiet)
@@ -96,7 +102,19 @@ def run(
         runs_dir=runs_dir, data_dir=str(data_dir) if data_dir else None, download=download, device=device,
         resume=resume, overwrite=overwrite, progress=not quiet, log=tuple(log), channels_last=channels_last,
     )
-    results = run_recipe(recipe, ov, opts, parse_seeds(seeds))
+    ctx = distributed.from_env(device)  # under torchrun
+    if ctx is not None:
+        results = run_recipe(recipe, ov, replace(opts, progress=opts.progress and ctx.is_main), parse_seeds(seeds), ctx)
+        if not ctx.is_main:
+            return
+    elif nproc > 1:
+        if recipe_kind(read_raw(recipe)) != "train":
+            raise ShiftlabError("--nproc trains kind: train recipes; spread the seeds of other kinds with "
+                                "`shiftlab sweep` instead.")
+        distributed.spawn(nproc, partial(_distributed_run, recipe, ov, opts, parse_seeds(seeds)), device=device)
+        results = run_recipe(recipe, ov, replace(opts, resume=True, overwrite=False), parse_seeds(seeds))
+    else:
+        results = run_recipe(recipe, ov, opts, parse_seeds(seeds))
     if not results:
         return
     name = results[0].get("recipe", recipe.stem)
@@ -109,6 +127,16 @@ def run(
         table.add_row(str(r["seed"]), *(_fmt_metric(k, r["metrics"].get(k)) for k in keys))
     out.print(table)
     out.print(f"Runs are under {runs_dir / name}; `shiftlab report {runs_dir / name}` aggregates them.")
+
+
+def _distributed_run(recipe: Path, ov: dict, opts: object, seeds: list[int] | None, ctx: object) -> None:
+    """One rank of ``shiftlab run --nproc N`` (module level: spawned processes import it)."""
+    from dataclasses import replace
+
+    from shiftlab.experiment.dispatch import run_recipe
+
+    _setup_logging(True)
+    run_recipe(recipe, ov, replace(opts, progress=False), seeds, ctx)  # type: ignore[type-var, arg-type]
 
 
 def _fmt_metric(key: str, value: object) -> str:
@@ -237,14 +265,25 @@ def list_recipes() -> list[dict[str, str]]:
 
 @app.command()
 def report(
-    path: Path = typer.Argument(..., help="A runs folder, or a benchmarks/results/*.json file."),
-    out_dir: Path | None = typer.Option(None, "--out", help="Where report.md/report.png go (default: PATH)."),
+    path: Path = typer.Argument(..., help="A runs folder, a folder of benchmark results (benchmarks/results) "
+                                "or one benchmarks/results/*.json file."),
+    out_dir: Path | None = typer.Option(None, "--out", help="Where report.md/report.png (REPORT.md for a "
+                                        "benchmark folder) go (default: PATH)."),
 ) -> None:
-    """Aggregate seeds: mean, std and 95% CI (Student t) as Markdown + PNG."""
+    """Aggregate seeds: mean, std and 95% CI (Student t) as Markdown + PNG; or render a folder of
+    benchmark results (JSON files, no run folders) as one page, PATH/REPORT.md."""
     from shiftlab.experiment import report as rep
+    from shiftlab.experiment.bench_report import is_benchmark_folder, write_bench_report
 
     if path.is_file() and path.suffix == ".json":
         out.print(rep.render_benchmark(path), markup=False, highlight=False)
+        return
+    if is_benchmark_folder(path):
+        page = write_bench_report(path, out_dir)
+        out.print(page.markdown, markup=False, highlight=False)
+        for w in page.warnings:
+            err.print(f"Warning: {w}", markup=False, highlight=False)
+        out.print(f"Written: {page.path}")
         return
     if not path.is_dir():
         raise ShiftlabError(f"{path} is neither a runs folder nor a benchmark JSON file.")

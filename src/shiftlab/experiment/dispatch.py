@@ -23,6 +23,7 @@ from typing import Any
 
 from shiftlab.config import read_recipe_mapping as read_raw
 from shiftlab.errors import RecipeError
+from shiftlab.experiment.distributed import Distributed
 from shiftlab.experiment.run import Experiment, RunOptions
 
 KINDS = ("train", "fewshot", "pinn", "tta", "tpt", "transfer", "ssl")
@@ -40,15 +41,23 @@ def run_recipe(
     overrides: dict[str, Any],
     options: RunOptions,
     seeds: list[int] | None = None,
+    dist: Distributed | None = None,
 ) -> list[dict[str, Any]]:
-    """Run ``recipe`` (a file or dict) with ``overrides`` for ``seeds``; returns each ``metrics.json``."""
+    """Run ``recipe`` (a file or dict) with ``overrides`` for ``seeds``; returns each ``metrics.json``.
+
+    ``dist``: this process's rank in a data-parallel run (``train`` recipes only; see
+    :mod:`shiftlab.experiment.distributed`).
+    """
     raw = read_raw(recipe)
     kind = recipe_kind(raw)
+    if dist is not None and kind != "train":
+        raise RecipeError(f"--nproc / torchrun trains kind: train recipes; this one is kind: {kind} (run it "
+                          "in one process, or spread its seeds with `shiftlab sweep`).")
     if kind == "train":
         from shiftlab.config import load_recipe
 
         rec, ov = load_recipe(raw if isinstance(recipe, dict) else recipe, overrides)
-        return Experiment(rec, ov, options).run(seeds)
+        return Experiment(rec, ov, options, dist=dist).run(seeds)
     if kind == "fewshot":
         from shiftlab.experiment.fewshot_run import run_fewshot
 

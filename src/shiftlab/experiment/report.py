@@ -20,7 +20,9 @@ variant with 95% CI error bars, one panel per metric) and ``curves.png`` (learni
 curves from ``results.jsonl``: the mean over seeds per epoch with a 95% CI band).
 
 Benchmark scripts write their results with :func:`write_benchmark` (machine, versions
-and date filled in) and :func:`render_benchmark` turns such a file into Markdown.
+and date filled in) and :func:`render_benchmark` turns such a file into Markdown; a whole
+folder of them (``shiftlab report benchmarks/results``) is one page of
+:mod:`shiftlab.experiment.bench_report`.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ __all__ = [
     "machine_info",
     "package_version",
     "render_benchmark",
+    "render_benchmark_doc",
     "report",
     "scan",
     "to_markdown",
@@ -883,7 +886,17 @@ def render_benchmark(json_path: str | os.PathLike[str]) -> str:
         raise ShiftlabError(f"Cannot read the benchmark result {p}: {exc}") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("rows", []), list):
         raise ShiftlabError(f"{p} is not a benchmark result (expected an object with a \"rows\" list).")
-    lines = [f"## Benchmark: {doc.get('name', p.stem)}", ""]
+    return render_benchmark_doc(doc, p.stem)
+
+
+def render_benchmark_doc(doc: Mapping[str, Any], default_name: str = "benchmark") -> str:
+    """Render an already parsed benchmark result (the object :func:`write_benchmark` writes).
+
+    Args:
+        doc: the JSON object; ``rows`` (a list) and ``ratios`` are optional.
+        default_name: the title when ``doc`` has no ``name``.
+    """
+    lines = [f"## Benchmark: {doc.get('name', default_name)}", ""]
     if doc.get("date"):
         lines.append(f"- date: {doc['date']}")
     if doc.get("command"):

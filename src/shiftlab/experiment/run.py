@@ -33,6 +33,7 @@ from shiftlab.config import Recipe, overrides_id, variant_label
 from shiftlab.data.tensors import TensorData
 from shiftlab.errors import ShiftlabError, TrainingError
 from shiftlab.experiment.data import RunData, build_run_data
+from shiftlab.experiment.distributed import Distributed
 from shiftlab.experiment.lock import run_lock
 from shiftlab.io import (
     append_jsonl,
@@ -213,6 +214,9 @@ class Experiment:
         overrides: the ``--set`` overrides that produced it (they name the variant folder).
         options: machine-specific run options.
         on_epoch: optional callback ``(seed, epoch, record)`` after each evaluation.
+        dist: this process's place in a data-parallel run (``shiftlab run --nproc N`` or
+            ``torchrun``; :mod:`shiftlab.experiment.distributed`); ``None``: one process.
+            Only rank 0 takes the lock, evaluates and writes.
     """
 
     def __init__(
@@ -221,11 +225,14 @@ class Experiment:
         overrides: dict[str, Any] | None = None,
         options: RunOptions | None = None,
         on_epoch: Callable[[int, int, dict[str, Any]], None] | None = None,
+        dist: Distributed | None = None,
     ) -> None:
         self.recipe = recipe
         self.overrides = dict(overrides or {})
         self.options = options or RunOptions()
         self.on_epoch = on_epoch
+        self.dist = dist
+        self.main = dist is None or dist.is_main
         self.channels_last = False  # resolved per run (see RunOptions.channels_last)
 
     # ------------------------------------------------------------------ public
@@ -243,6 +250,8 @@ class Experiment:
         Raises:
             RunLocked: another live process is writing the same run folder.
         """
+        if not self.main:  # rank 0 holds the lock for the whole process group
+            return self._run_seed(seed)
         with run_lock(self.run_dir(seed)):
             return self._run_seed(seed)
 
@@ -250,33 +259,44 @@ class Experiment:
         out = self.run_dir(seed)
         ckpt = out / "checkpoint"
         metrics_path = out / "metrics.json"
-        finished, resuming = open_run_folder(out, self.options, ckpt.with_suffix(".json"),
-                                             "from its last checkpoint")
+        finished, resuming = None, False
+        if self.main:
+            finished, resuming = open_run_folder(out, self.options, ckpt.with_suffix(".json"),
+                                                 "from its last checkpoint")
+        if self.dist is not None:
+            finished, resuming = self.dist.broadcast_object((finished, resuming))
+            self.dist.check_batch(self.recipe.train.batch_size)
         if finished is not None:
             return finished
 
         seed_everything(seed)
         device = resolve_device(self.options.device or self.recipe.device)
+        if self.dist is not None:
+            device = self.dist.device(device)
         data = build_run_data(self.recipe, seed, self.options.data_dir, self.options.download)
         self.channels_last = use_channels_last(self.options.channels_last, device) and data.train.x.dim() == 4
         method = self._build_method(data, device)
         config = self._resolved_config(seed, device, data)
-        if resuming:
+        if resuming and self.main:
             self._check_same_recipe(out / "config.yaml", config)
-        atomic_write_yaml(out / "config.yaml", config)
+        if self.main:
+            atomic_write_yaml(out / "config.yaml", config)
 
         start_epoch, elapsed = 0, 0.0
         if resuming:
             start_epoch, elapsed = self._restore(method, ckpt, device)
-            kept = [r for r in read_jsonl(out / "results.jsonl") if r.get("epoch", 0) < start_epoch]
-            atomic_write_text(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
-            log.info("resuming %s at epoch %d", out, start_epoch)
-        elif (out / "results.jsonl").exists():
+            if self.main:
+                kept = [r for r in read_jsonl(out / "results.jsonl") if r.get("epoch", 0) < start_epoch]
+                atomic_write_text(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
+                log.info("resuming %s at epoch %d", out, start_epoch)
+        elif self.main and (out / "results.jsonl").exists():
             (out / "results.jsonl").unlink()
+        if self.dist is not None:
+            self.dist.sync_module(method)
 
-        loggers = _make_loggers(self.options.log, out)
+        loggers = _make_loggers(self.options.log, out) if self.main else []
         before = None
-        if isinstance(method, TrainableMethod) and method.batch_kind == "domain_pair" and not resuming:
+        if self.main and isinstance(method, TrainableMethod) and method.batch_kind == "domain_pair" and not resuming:
             before = _embed(method, data, device)
         try:
             elapsed = self._train(method, data, device, seed, out, ckpt, start_epoch, elapsed, loggers)
@@ -288,6 +308,9 @@ class Experiment:
         finally:
             for lg in loggers:
                 lg.close()
+        if not self.main:
+            assert self.dist is not None
+            return self.dist.broadcast_object(None)  # rank 0's metrics, once written
 
         records = read_jsonl(out / "results.jsonl")
         final = self._select(records)
@@ -307,6 +330,8 @@ class Experiment:
         if method.batch_kind == "domain_pair":
             _plot_embeddings(before, _embed(method, data, device), data, out)
         atomic_write_json(metrics_path, metrics)
+        if self.dist is not None:
+            self.dist.broadcast_object(metrics)
         return metrics
 
     # ------------------------------------------------------------------ pieces
@@ -342,6 +367,7 @@ class Experiment:
         cfg["resolved"] = {
             "device": str(device),
             "channels_last": self.channels_last,
+            "world_size": self.dist.world_size if self.dist is not None else 1,
             "data_dir": str(self.options.data_dir) if self.options.data_dir else None,
             "datasets": _plain(data.info),
             "sizes": {"train": len(data.train), "val": len(data.val) if data.val else 0,
@@ -450,6 +476,9 @@ class Experiment:
                 n = 0
                 for i, batch in enumerate(self._batches(method, data, seed, epoch, steps, device)):
                     method.set_progress((epoch * steps + i) / total)
+                    if self.dist is not None:
+                        batch = self.dist.shard(batch)
+                        self.dist.watch(list(method.optimizers().values()))
                     losses = method.update(batch)
                     bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
                     if bad:
@@ -465,9 +494,15 @@ class Experiment:
                     n += 1
                     bar.advance(task)
                 elapsed += time.perf_counter() - t0
+                train_metrics = {f"train/{k}": v / max(n, 1) for k, v in sums.items()}
+                if self.dist is not None:
+                    self.dist.average_buffers(method)
+                    train_metrics = self.dist.average_floats(train_metrics)
+                    if not self.main:
+                        continue  # rank 0 evaluates and saves
                 if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
                     record = self._evaluate(method, data, device, epoch, (epoch + 1) * steps, elapsed,
-                                            {f"train/{k}": v / max(n, 1) for k, v in sums.items()})
+                                            train_metrics)
                     append_jsonl(out / "results.jsonl", record)
                     for lg in loggers:
                         lg.log(record["metrics"], record["step"])
