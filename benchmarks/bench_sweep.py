@@ -79,6 +79,7 @@ def main() -> None:
     import torch
 
     import shiftlab
+    from shiftlab.io import atomic_write_json
 
     doc = {"name": "sweep_overhead", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
            "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -88,10 +89,7 @@ def main() -> None:
            "setup": f"{len(METHODS)} methods x {len(SEEDS)} seeds on digits->digits_m, {SETS}, 1 torch thread, "
                     f"launchers at --max-parallel {args.parallel}",
            "sides": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_suffix(".tmp")
-    tmp_out.write_text(json.dumps(doc, indent=2))
-    tmp_out.replace(args.out)
+    atomic_write_json(args.out, doc)
     print(f"written {args.out}")
 
 

@@ -84,3 +84,18 @@ def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> 
         return code, cap.out, cap.err
 
     return run
+
+
+def write_digits_mlp_recipe(folder: Path, name: str, epochs: int, hidden: list[int], batch_size: int) -> Path:
+    """A small ``train`` recipe (embedded digits, MLP) at ``folder/<name>.yaml``, for tests that
+    run ``shiftlab`` in subprocesses (kill, resume, distributed)."""
+    import yaml
+
+    rec = folder / f"{name}.yaml"
+    rec.write_text(yaml.safe_dump({
+        "name": name,
+        "data": {"source": "digits", "channels": 1, "eval": [{"name": "digits", "split": "test"}]},
+        "backbone": {"name": "mlp", "args": {"hidden": hidden}},
+        "train": {"epochs": epochs, "batch_size": batch_size},
+    }))
+    return rec

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,7 +17,8 @@ import yaml
 
 from shiftlab.batches import DomainPair, Labeled
 from shiftlab.errors import RecipeError
-from shiftlab.experiment.distributed import Distributed
+from shiftlab.experiment.distributed import Distributed, free_port
+from tests.conftest import write_digits_mlp_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 # The tolerance between 1 and 2 processes: the MLP has no BatchNorm and the loss is a batch
@@ -36,20 +36,7 @@ def test_a_global_batch_is_split_into_interleaved_equal_shards() -> None:
 
 
 def _recipe(tmp_path: Path) -> Path:
-    rec = tmp_path / "ddp.yaml"
-    rec.write_text(yaml.safe_dump({
-        "name": "ddp",
-        "data": {"source": "digits", "channels": 1, "eval": [{"name": "digits", "split": "test"}]},
-        "backbone": {"name": "mlp", "args": {"hidden": [128, 128]}},
-        "train": {"epochs": 3, "batch_size": 32},
-    }))
-    return rec
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return write_digits_mlp_recipe(tmp_path, "ddp", 3, [128, 128], 32)
 
 
 def _env() -> dict[str, str]:
@@ -70,7 +57,7 @@ def test_two_gloo_processes_give_the_accuracy_of_one(tmp_path: Path, how: str) -
     if how == "--nproc":
         cmd = [sys.executable, "-m", "shiftlab.cli", "run", *run, "--nproc", "2"]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
                "-m", "shiftlab.cli", "run", *run]
     two = subprocess.run([*cmd, "--runs-dir", str(tmp_path / "two")], capture_output=True, text=True,
                          env=_env(), timeout=300)
@@ -122,7 +109,7 @@ _REPLICAS = textwrap.dedent('''
 def test_replicas_that_see_different_shards_stay_identical(tmp_path: Path) -> None:
     script, result = tmp_path / "replicas.py", tmp_path / "diff.txt"
     script.write_text(_REPLICAS)
-    env = {**_env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2"}
+    env = {**_env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2"}
     procs = [subprocess.Popen([sys.executable, str(script), str(result)], env={**env, "RANK": str(r)},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
     outs = [p.communicate(timeout=300)[0] for p in procs]

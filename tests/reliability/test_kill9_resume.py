@@ -13,20 +13,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
+from tests.conftest import write_digits_mlp_recipe
 
 EPOCHS = 8
 
 
 def _recipe(tmp_path: Path) -> Path:
-    rec = tmp_path / "kill9.yaml"
-    rec.write_text(yaml.safe_dump({
-        "name": "kill9",
-        "data": {"source": "digits", "channels": 1, "eval": [{"name": "digits", "split": "test"}]},
-        "backbone": {"name": "mlp", "args": {"hidden": [256, 256]}},
-        "train": {"epochs": EPOCHS, "batch_size": 16},
-    }))
-    return rec
+    return write_digits_mlp_recipe(tmp_path, "kill9", EPOCHS, [256, 256], 16)
 
 
 def _cmd(rec: Path, runs: Path, *extra: str) -> list[str]:

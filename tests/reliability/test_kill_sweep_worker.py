@@ -13,20 +13,13 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
+from tests.conftest import write_digits_mlp_recipe
 
 SEEDS = 4
 
 
 def _recipe(tmp_path: Path) -> Path:
-    rec = tmp_path / "killsweep.yaml"
-    rec.write_text(yaml.safe_dump({
-        "name": "killsweep",
-        "data": {"source": "digits", "channels": 1, "eval": [{"name": "digits", "split": "test"}]},
-        "backbone": {"name": "mlp", "args": {"hidden": [256, 256]}},
-        "train": {"epochs": 6, "batch_size": 16},
-    }))
-    return rec
+    return write_digits_mlp_recipe(tmp_path, "killsweep", 6, [256, 256], 16)
 
 
 def _sweep(rec: Path, runs: Path) -> list[str]:

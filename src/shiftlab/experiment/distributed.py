@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from shiftlab.batches import DomainPair, Labeled
 from shiftlab.errors import RecipeError, ShiftlabError
 
-__all__ = ["Distributed", "from_env", "spawn"]
+__all__ = ["Distributed", "free_port", "from_env", "spawn"]
 
 
 @dataclass
@@ -163,7 +163,8 @@ def from_env(device: str | None = None) -> Distributed | None:
     return _init(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")), device)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for ``MASTER_PORT``)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -193,7 +194,7 @@ def spawn(nproc: int, fn: Callable[[Distributed], None], device: str | None = No
         raise ShiftlabError(f"--nproc must be at least 1, got {nproc}.")
     threads = threads or max(1, (os.cpu_count() or 1) // nproc)
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ["MASTER_PORT"] = str(_free_port())
+    os.environ["MASTER_PORT"] = str(free_port())
     try:
         mp.start_processes(_worker, args=(nproc, device, threads, fn), nprocs=nproc, join=True,
                            start_method="spawn")
