@@ -32,6 +32,21 @@ def test_list_json_has_name_and_summary(cli, kind: str) -> None:
     assert rows and all(r["name"] and "summary" in r for r in rows)
 
 
+@pytest.mark.parametrize("kind", ["datasets", "methods", "backbones", "shifts", "selections", "recipes"])
+def test_list_table_prints_every_name_verbatim(cli, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Summaries hold text such as ``PATH[/<split>]`` that rich would read as markup.
+    import shiftlab.cli
+
+    monkeypatch.setattr(shiftlab.cli.out, "width", 1000)  # no folding inside names
+    code, out, err = cli(["list", kind])
+    assert code == 0, err
+    _, js, _ = cli(["list", kind, "--json"])
+    for r in json.loads(js):
+        assert r["name"] in out
+    if kind == "datasets":
+        assert "PATH[/<split>]" in out
+
+
 def test_bad_recipe_key_is_one_paragraph_exit_2(cli, tmp_path: Path) -> None:
     rec = tmp_path / "r.yaml"
     rec.write_text(yaml.safe_dump({"name": "x", "data": {"source": "digits"}, "trian": {}}))

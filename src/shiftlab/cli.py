@@ -223,7 +223,7 @@ def list_(
     for c in cols:
         table.add_column(c, overflow="fold")
     for r in rows:
-        table.add_row(*(str(r.get(c, "")) for c in cols))
+        table.add_row(*(escape(str(r.get(c, ""))) for c in cols))
     out.print(table)
 
 

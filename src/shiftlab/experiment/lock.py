@@ -11,7 +11,11 @@ success or error alike.
 A lock whose owner died without removing it (``kill -9``, a node lost) is *stale*. On the
 owner's host that is detected (the pid is not running, or is running a process that started
 after the lock was taken) and reported with a warning; the new run takes the lock over and
-``--resume`` continues from the last checkpoint as usual. From another host the owner's
+``--resume`` continues from the last checkpoint as usual. Two processes that find the same
+stale lock at once do not both take it: removing a stale lock needs a second, short-lived
+``seed-<k>.lock.break`` file (also ``O_EXCL``), and its holder removes the lock only if it
+still names the dead owner, so a fresh lock taken meanwhile by the other process survives.
+From another host the owner's
 liveness cannot be checked: the error says so and names the file to delete once the owner
 is known to be gone.
 
@@ -106,6 +110,29 @@ def _describe(owner: dict[str, Any]) -> str:
     return f"host {owner.get('host', '?')}, pid {owner.get('pid', '?')}, since {when} ({owner.get('command', '?')})"
 
 
+def _remove_stale(path: Path, owner: dict[str, Any], break_timeout: float = 30.0) -> bool:
+    """Remove the stale lock ``path`` if it still names ``owner``; ``False`` when another
+    process is doing that now (it holds ``<path>.break``) or the lock changed meanwhile."""
+    breaker = path.with_name(path.name + ".break")
+    try:
+        fd = os.open(breaker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        try:  # a breaker that died holding it: remove it so the next attempt can go on
+            if time.time() - breaker.stat().st_mtime > break_timeout:
+                breaker.unlink(missing_ok=True)
+        except FileNotFoundError:
+            pass
+        return False
+    try:
+        os.close(fd)
+        if read_lock(path) != owner:  # taken over meanwhile by a live process, or gone
+            return False
+        path.unlink(missing_ok=True)
+        return True
+    finally:
+        breaker.unlink(missing_ok=True)
+
+
 @contextmanager
 def run_lock(out: Path) -> Iterator[Path]:
     """Hold ``<out>.lock`` while the body writes the run folder ``out``.
@@ -135,8 +162,10 @@ def run_lock(out: Path) -> Iterator[Path]:
                                 "If no run is using that folder, delete the lock file and run again.") from None
             stale, why = _is_stale(owner, host)
             if stale:
-                log.warning("stale lock %s (%s: %s) removed; taking the run over", path, _describe(owner), why)
-                path.unlink(missing_ok=True)
+                if _remove_stale(path, owner):
+                    log.warning("stale lock %s (%s: %s) removed; taking the run over", path, _describe(owner), why)
+                else:
+                    time.sleep(0.2)  # another process is removing it: look again
                 continue
             if owner.get("host") == host and int(owner.get("pid", -1)) == os.getpid():
                 raise RunLocked(f"This process already holds {path}: the same run folder {out} was asked for twice "
