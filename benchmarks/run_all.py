@@ -39,13 +39,15 @@ numbers are acceptance numbers, the date, machine and versions (as other benchma
 and per entry: status (``ok``, ``failed``, ``timeout``, ``skipped``, ``interrupted``),
 exit code, wall seconds, expected seconds, the command, the log and the output files it
 wrote. It describes the last invocation only (with ``--only``, those entries). ``shiftlab
-report <out>`` renders the folder as one page. (``benchmarks/results/quick/`` is not in
-``.gitignore``: do not commit it.)
+report <out>`` renders the folder as one page. (``benchmarks/results/quick/`` is in
+``.gitignore``; the summary of a measured quick run is kept as
+``benchmarks/results/run_all_quick.json``.)
 
 Usage::
 
     python benchmarks/run_all.py --profile quick --dry-run      # the plan; runs and writes nothing
-    python benchmarks/run_all.py --profile quick                # ~16 min on 2 cores (~24 with the peers)
+    python benchmarks/run_all.py --profile quick                # ~16 min on 2 cores
+    python benchmarks/run_all.py --profile quick --setup-peers  # measured 21 min 18 s with the peers
     python benchmarks/run_all.py --profile quick --only ssl,uda --threads 1
     python benchmarks/run_all.py --profile full --data-dir ../shared/data
 """

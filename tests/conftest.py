@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -99,3 +101,23 @@ def write_digits_mlp_recipe(folder: Path, name: str, epochs: int, hidden: list[i
         "train": {"epochs": epochs, "batch_size": batch_size},
     }))
     return rec
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """A local Ray instance started by the test, leaving no files or processes behind."""
+    ray = pytest.importorskip("ray")
+    old = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # no ~/.ray/auth_token
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp,
+             object_store_memory=80 * 2**20)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+        if old is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = old

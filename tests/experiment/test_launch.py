@@ -5,10 +5,6 @@ Ray and SLURM (submitit local executor) launchers."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -74,26 +70,6 @@ def test_finished_runs_are_skipped_and_a_failing_run_does_not_stop_the_others(tm
                                    *[a for s in FAST + ["method=source_only"] for a in ("--set", s)]])
     assert res.exit_code == 1, res.output
     assert "1 ran" not in res.output and "1 already finished, 1 failed" in res.output.replace("\n", " ")
-
-
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    """A local Ray instance started by the test, leaving no files or processes behind."""
-    ray = pytest.importorskip("ray")
-    old = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"  # no ~/.ray/auth_token
-    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp,
-             object_store_memory=80 * 2**20)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
-        if old is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = old
 
 
 @pytest.mark.slow

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from shiftlab.data.sources import load_dataset
 from shiftlab.data.mnist_m import prepare_mnist_m
+from shiftlab.data.sources import load_dataset
 from shiftlab.errors import DataError
 
 # (file, how it is read): every file format our loaders read from the shared data. (USPS's

@@ -71,3 +71,56 @@ def test_killing_a_sweep_worker_then_relaunching_completes_exactly_the_missing_r
     assert sorted(after) == [f"seed-{s}" for s in range(SEEDS)]
     assert all(after[k] == v for k, v in before.items()), "a finished run was run again"
     assert not list(runs.rglob("seed-*.lock")), "a lock was left behind"
+
+
+def _rows(run: Path) -> list[dict]:
+    rows = [json.loads(x) for x in (run / "results.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not any(t in k for t in ("time", "seconds", "elapsed"))} for r in rows]
+
+
+def test_killing_a_ray_worker_mid_run_is_retried_and_resumes_to_the_same_result(
+    tmp_path: Path, local_ray: None
+) -> None:
+    """Ray reruns a task whose worker died (``max_retries=1``); the rerun takes over the dead
+    worker's stale lock and resumes from its checkpoint, so the one sweep ends complete."""
+    import threading
+
+    from shiftlab.experiment import launch as la
+
+    rec = write_digits_mlp_recipe(tmp_path, "killray", 6, [256, 256], 16)
+    jobs = la.expand_grid(rec, [], [], [0, 1])
+    ref = la.sweep(jobs, la.LocalLauncher(max_parallel=1), la.RunSpec(runs_dir=str(tmp_path / "ref"), threads=1))
+    assert not ref.failed
+
+    runs = tmp_path / "runs"
+    killed: list[int] = []
+    stop = threading.Event()
+
+    def killer() -> None:  # SIGKILL the Ray worker inside the first run, after its first checkpoint
+        while not stop.is_set() and not killed:
+            for lock in runs.rglob("seed-*.lock"):
+                folder = lock.with_name(lock.name.removesuffix(".lock"))
+                try:
+                    owner = json.loads(lock.read_text())
+                except (OSError, ValueError):
+                    continue
+                if (folder / "checkpoint.json").exists() and not (folder / "metrics.json").exists():
+                    os.kill(int(owner["pid"]), signal.SIGKILL)
+                    killed.append(int(owner["pid"]))
+                    break
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=killer, daemon=True)
+    watcher.start()
+    try:
+        got = la.sweep(jobs, la.RayLauncher(num_cpus=1, max_parallel=1, max_retries=1),
+                       la.RunSpec(runs_dir=str(runs), threads=1))
+    finally:
+        stop.set()
+        watcher.join(timeout=5)
+    assert killed, "no Ray worker was caught mid-run"
+    assert not got.failed, [r.error for r in got.failed]
+    assert [r.metrics["metrics"] for r in got.results] == [r.metrics["metrics"] for r in ref.results]
+    for job in jobs:
+        assert _rows(la.job_dir(job, runs)) == _rows(la.job_dir(job, tmp_path / "ref"))
+    assert not list(runs.rglob("*.lock"))
