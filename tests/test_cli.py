@@ -81,7 +81,10 @@ def test_ctrl_c_in_a_real_process_then_resume(tmp_path: Path) -> None:
     rec = _tiny_recipe(tmp_path, 12)
     env = {**os.environ, "SHIFTLAB_NO_PROGRESS": "1"}
     cmd = [sys.executable, "-m", "shiftlab.cli", "run", str(rec), "--runs-dir", str(tmp_path / "runs"), "-q"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # A shell that starts the suite in the background (``make test &``) ignores SIGINT, and the
+    # child would inherit SIG_IGN; restore the default so Python installs its Ctrl-C handler.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     ckpt = tmp_path / "runs/tiny-cli/default/seed-0/checkpoint.json"
     deadline = time.time() + 120
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
