@@ -221,14 +221,19 @@ class SelectionCfg(StrictModel):
         fractions: subset sizes as fractions of the pool, in (0, 1).
         reselect_every: re-selection periods in epochs (0: select once, before epoch 1).
         full: also fine-tune on 100% of the pool (``full``).
-        score_batch: images per scoring forward pass.
+        score_batch: images per scoring forward pass (128: the fastest on CPU for the digit
+            networks, eager or traced).
+        score_backend: ``auto`` (an inference-optimised TorchScript trace on CPU, checked
+            against the eager model on the first batch) or ``eager``; see
+            :mod:`shiftlab.backbones.inference`.
     """
 
     strategies: dict[str, StrategySpec | None] = Field(default_factory=lambda: {"random": StrategySpec()})
     fractions: list[float] = Field(default_factory=lambda: [0.25, 0.5])
     reselect_every: list[int] = Field(default_factory=lambda: [0])
     full: bool = True
-    score_batch: int = Field(default=1000, ge=1)
+    score_batch: int = Field(default=128, ge=1)
+    score_backend: Literal["auto", "eager"] = "auto"
 
     @field_validator("fractions")
     @classmethod
@@ -577,8 +582,10 @@ def _run_config(recipe: TransferRecipe, cfg: Config, source: Backbone, source_ac
         t0 = time.perf_counter()
         ctx = SelectionContext(model=model, pool=data.pool, brief_finetune=brief, device=device,
                                batch_size=recipe.selection.score_batch,
+                               backend=recipe.selection.score_backend,
                                class_balanced=bool(spec and spec.class_balanced))
         idx = strategy.select(ctx, k, sel_gen)
+        log.debug("%s: selection scored by the %s backend", cfg.label, ctx.backend_used)
         if idx.numel() != k or torch.unique(idx).numel() != k:
             raise ShiftlabError(f"selection {cfg.strategy!r} returned {idx.numel()} indices "
                                 f"({torch.unique(idx).numel()} distinct), not {k}")

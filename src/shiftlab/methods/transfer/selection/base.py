@@ -7,7 +7,7 @@ A strategy is a registered class with a frozen ``Hparams`` dataclass and one met
 returning ``k`` distinct indices into ``ctx.pool`` (in rank order: the strategy's first
 choice first). Everything a strategy may look at comes through the context: the current
 model's logits, features and per-sample losses on the pool (computed once per selection
-round, batched, in eval mode) and a ``brief_finetune`` collaborator
+round, batched, in eval mode, by an inference-optimised trace on CPU) and a ``brief_finetune`` collaborator
 (the differential strategy's probe). Ties in a score are broken by a random order drawn
 from ``generator``, so a strategy is deterministic per seed.
 """
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from shiftlab.backbones.base import Backbone
+from shiftlab.backbones.inference import InferenceBackend, inference_forward
 from shiftlab.data.tensors import TensorData
 from shiftlab.registry import Registry
 
@@ -43,6 +44,9 @@ class SelectionContext:
         brief_finetune: fine-tunes a copy of a model briefly on some pool indices.
         device: where scoring runs.
         batch_size: images per scoring forward pass.
+        backend: how scoring passes run (:func:`shiftlab.backbones.inference.inference_forward`:
+            ``auto``, an inference-optimised trace on CPU, or ``eager``).
+        backend_used: what the last scoring pass ran (``jit``/``eager``; ``none`` before one).
         class_balanced: score strategies take their top picks within each class, with
             per-class quotas proportional to the pool's class frequencies (largest
             remainders), instead of over the whole pool.
@@ -52,23 +56,23 @@ class SelectionContext:
     pool: TensorData
     brief_finetune: BriefFinetune | None = None
     device: torch.device | str = "cpu"
-    batch_size: int = 1000
+    batch_size: int = 128
     class_balanced: bool = False
+    backend: InferenceBackend = "auto"
+    backend_used: str = "none"
     _cache: dict[tuple[int, str], Tensor] = field(default_factory=dict, repr=False)
 
-    @torch.no_grad()
     def _forward(self, model: Backbone) -> tuple[Tensor, Tensor]:
         key = (id(model), "logits")
         if key not in self._cache:
-            was_training = model.training
-            model.eval()
+            run = inference_forward(model, self.backend)
             feats, logits = [], []
             for i in range(0, len(self.pool), self.batch_size):
                 xb = self.pool.float_x(slice(i, i + self.batch_size)).to(self.device)
-                f = model.forward_features(xb)
+                f, z = run(xb)
                 feats.append(f.float().cpu())
-                logits.append(model.head(f).float().cpu())
-            model.train(was_training)
+                logits.append(z.float().cpu())
+            self.backend_used = run.backend
             self._cache[key] = torch.cat(logits)
             self._cache[(id(model), "features")] = torch.cat(feats)
         return self._cache[key], self._cache[(id(model), "features")]
