@@ -40,8 +40,8 @@ and per entry: status (``ok``, ``failed``, ``timeout``, ``skipped``, ``interrupt
 exit code, wall seconds, expected seconds, the command, the log and the output files it
 wrote. It describes the last invocation only (with ``--only``, those entries). ``shiftlab
 report <out>`` renders the folder as one page. (``benchmarks/results/quick/`` is in
-``.gitignore``; the summary of a measured quick run is kept as
-``benchmarks/results/run_all_quick.json``.)
+``.gitignore``: quick numbers are not acceptance numbers; the README records the measured
+quick run's timings.)
 
 Usage::
 
