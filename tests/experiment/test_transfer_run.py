@@ -187,3 +187,27 @@ def test_a_configuration_gives_the_same_result_in_another_grid(finished, tmp_pat
     torch.set_num_threads(1)
     alone = run_transfer(raw, {}, RunOptions(runs_dir=tmp_path, progress=False), [0])[0]
     assert alone["metrics"]["entropy_most@0.25/r2/acc"] == m["metrics"]["entropy_most@0.25/r2/acc"]
+
+
+def test_a_run_from_before_score_backend_resumes_with_the_old_scoring(finished, tmp_path: Path) -> None:
+    """Runs started before the traced scorer wrote no ``score_backend`` and scored 1,000 images
+    per pass: the new defaults are refused naming ``selection``; the old scoring resumes."""
+    import shutil
+
+    import yaml
+
+    runs, m = finished
+    old_runs = tmp_path / "runs"
+    shutil.copytree(runs, old_runs)
+    cfg_path = old_runs / "transfer-test" / "default" / "seed-0" / "config.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    del cfg["selection"]["score_backend"]
+    cfg["selection"]["score_batch"] = 1000
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    (cfg_path.parent / "metrics.json").unlink()  # interrupted after its last configuration
+    with pytest.raises(RunExists, match="selection"):
+        run_transfer(_small(), {}, RunOptions(runs_dir=old_runs, progress=False, resume=True), [0])
+    raw = _small()
+    raw["selection"].update(score_batch=1000, score_backend="eager")
+    again = run_transfer(raw, {}, RunOptions(runs_dir=old_runs, progress=False, resume=True), [0])[0]
+    assert again["metrics"] == m["metrics"]

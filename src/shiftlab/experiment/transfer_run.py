@@ -225,7 +225,8 @@ class SelectionCfg(StrictModel):
             networks, eager or traced).
         score_backend: ``auto`` (an inference-optimised TorchScript trace on CPU, checked
             against the eager model on the first batch) or ``eager``; see
-            :mod:`shiftlab.backbones.inference`.
+            :mod:`shiftlab.backbones.inference`. Runs started before 2026-12-03 scored
+            ``eager`` with ``score_batch: 1000``; set both to ``--resume`` one of them.
     """
 
     strategies: dict[str, StrategySpec | None] = Field(default_factory=lambda: {"random": StrategySpec()})
@@ -545,9 +546,13 @@ def _run_seed(recipe: TransferRecipe, ov: dict[str, Any], data: TransferData, op
 
 
 def _without_new_defaults(config: dict[str, Any]) -> dict[str, Any]:
-    """The config as runs started before ``class_balanced`` existed wrote it (when it is off),
-    so that ``--resume`` accepts them."""
+    """The config as runs started before ``class_balanced`` and ``score_backend`` existed wrote
+    it (when they are off / ``eager``), so that ``--resume`` accepts them. (Those runs scored
+    eagerly with 1,000 images per pass: a recipe with ``selection: {score_batch: 1000,
+    score_backend: eager}`` resumes them exactly.)"""
     out = copy.deepcopy(config)
+    if out.get("selection", {}).get("score_backend") == "eager":
+        del out["selection"]["score_backend"]
     for spec in (out.get("selection", {}).get("strategies") or {}).values():
         if isinstance(spec, dict) and spec.get("class_balanced") is False:
             del spec["class_balanced"]
