@@ -123,6 +123,7 @@ def omniglot_tiny(shared_data: Path) -> tuple[TensorData, TensorData]:
 # classes = chance 0.20 + the stated margin). Conv-4 with 32 channels, lr 1e-3.
 LEARNING = [
     ("protonet", {}, 30, 40, 0.20 + 0.30),
+    ("protonet", {"distance": "l2"}, 30, 40, 0.20 + 0.30),
     ("protonet", {"distance": "cosine"}, 30, 40, 0.20 + 0.30),
     ("protonet", {"distance": "parametric"}, 60, 40, 0.20 + 0.15),
     ("matching", {}, 30, 40, 0.20 + 0.30),
@@ -167,3 +168,13 @@ def test_method_beats_chance_on_held_out_omniglot_classes(
     cpu = time.process_time() - t0
     assert acc >= required, f"{name} {hparams}: 5-way 1-shot accuracy {acc:.3f} < {required:.2f} after {iterations} updates"
     assert cpu < 60, f"{name}: {cpu:.1f} CPU-seconds, over the test budget"
+
+
+def test_l2_distance_logits_are_minus_the_plain_euclidean_distance() -> None:
+    """A hand-computed case: query (3, 4) against prototypes (0, 0) and (3, 0): distances 5
+    and 4, so logits (-5, -4); the squared ones would be (-25, -16)."""
+    from shiftlab.methods.fewshot.common import euclidean_logits, sq_euclidean_logits
+
+    q, protos = torch.tensor([[3.0, 4.0]]), torch.tensor([[0.0, 0.0], [3.0, 0.0]])
+    torch.testing.assert_close(euclidean_logits(q, protos), torch.tensor([[-5.0, -4.0]]))
+    torch.testing.assert_close(sq_euclidean_logits(q, protos), torch.tensor([[-25.0, -16.0]]))

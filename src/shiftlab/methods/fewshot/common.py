@@ -50,6 +50,12 @@ def sq_euclidean_logits(query: Tensor, protos: Tensor) -> Tensor:
     return -torch.cdist(query, protos).pow(2)
 
 
+def euclidean_logits(query: Tensor, protos: Tensor) -> Tensor:
+    """``-||q - c||`` (not squared, easyfsl's ``PrototypicalNetworks`` default): logits
+    ``[Q, N]`` for ``query: [Q, D]`` and ``protos: [N, D]``."""
+    return -torch.cdist(query, protos)
+
+
 def cosine_logits(query: Tensor, protos: Tensor, scale: Tensor | float) -> Tensor:
     """``scale * cos(q, c)``: logits ``[Q, N]``."""
     return scale * F.normalize(query, dim=1) @ F.normalize(protos, dim=1).T

@@ -15,6 +15,7 @@ from shiftlab.methods import METHODS
 from shiftlab.methods.fewshot.common import (
     FewShotMethod,
     cosine_logits,
+    euclidean_logits,
     prototypes,
     sq_euclidean_logits,
 )
@@ -26,7 +27,9 @@ class ProtoNetHparams:
     """Hyper-parameters of :class:`ProtoNet` (defaults: Snell et al. 2017).
 
     Attributes:
-        distance: ``euclidean`` (squared, the paper's), ``cosine`` (scaled cosine
+        distance: ``euclidean`` (squared, the paper's), ``l2`` (the Euclidean distance
+            itself, not squared: easyfsl's default; softer logits, which trained better in
+            short runs here, see the README's few-shot results), ``cosine`` (scaled cosine
             similarity) or ``parametric`` (an MLP scores each (query, prototype) pair:
             ``Linear(2D, D) - ReLU - Dropout - Linear(D, 1)``, ``D`` the embedding width,
             as in the ProtoNet homework document's "parametric function").
@@ -49,12 +52,12 @@ class ProtoNetHparams:
     lr_schedule: str = "constant"
 
 
-DISTANCES = ("euclidean", "cosine", "parametric")
+DISTANCES = ("euclidean", "l2", "cosine", "parametric")
 
 
 @METHODS.register(
     "protonet",
-    summary="Prototypical Networks: nearest class mean in a learned embedding (euclidean/cosine/parametric)",
+    summary="Prototypical Networks: nearest class mean in a learned embedding (euclidean/l2/cosine/parametric)",
     paper="Snell, Swersky & Zemel, 'Prototypical Networks for Few-shot Learning', NeurIPS 2017",
     family="fewshot",
 )
@@ -110,6 +113,8 @@ class ProtoNet(FewShotMethod):
         protos = prototypes(support, support_y, n_way)
         if self.hparams.distance == "euclidean":
             return sq_euclidean_logits(query, protos)
+        if self.hparams.distance == "l2":
+            return euclidean_logits(query, protos)
         if self.hparams.distance == "cosine":
             return cosine_logits(query, protos, self.log_scale.exp())
         assert self.scorer is not None
