@@ -206,6 +206,14 @@ PLAN: dict[str, Entry] = {
         quick=Spec(("--part", "ratios", "--methods", "triplet", *RUNS, "--collect", *OUT("fewshot.json")),
                    expected_s=150, data=OMNIGLOT, env=FEWSHOT_ENV),
     ),
+    "fewshot_distance": Entry(
+        "bench_protonet_distance.py",
+        full=Spec(OUT("fewshot_distance.json"), timeout_s=H, data=OMNIGLOT, env=FEWSHOT_ENV),
+        # ~40 s: 30 training episodes (20-way 5-shot, ~0.12 s each) and 100 test episodes per
+        # distance, Omniglot preparation
+        quick=Spec(("--iterations", "30", "--test-episodes", "100", *OUT("fewshot_distance.json")),
+                   expected_s=40, data=OMNIGLOT, env=FEWSHOT_ENV),
+    ),
     "pinn": Entry(
         "bench_pinn.py",
         # every part, the neurodiffeq side included (its venv is created by the script)
