@@ -178,3 +178,14 @@ def test_minimal_sets_merge_deduplicates_greek_and_latin_and_keeps_alphabets(sha
     train = prepare(load_fewshot_recipe(pro)[0], str(shared_data)).train
     assert train.num_classes == 4 * 242 and len(train.info["class_alphabet"]) == train.num_classes
     assert len(set(train.info["class_alphabet"])) == 8  # 5 + 5 alphabets, Greek and Latin once
+
+
+def test_an_empty_or_unknown_method_name_is_a_recipe_error() -> None:
+    """Found by the hypothesis fuzz (``--set method=``): it raised the registry's KeyError."""
+    from shiftlab.errors import RecipeError
+    from shiftlab.experiment.fewshot_run import load_fewshot_recipe
+
+    raw = yaml.safe_load((REPO / "recipes/fewshot/omniglot_protonet.yaml").read_text())
+    for name in ("", "protonett"):
+        with pytest.raises(RecipeError, match="protonet"):
+            load_fewshot_recipe(raw, {"method": name})
