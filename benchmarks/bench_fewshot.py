@@ -264,15 +264,32 @@ def ensure_peer_env() -> tuple[Path, str]:
     return py, note
 
 
-def run_easyfsl(iterations: int, out: Path, n_test: int = 1000) -> dict[str, Any]:
-    """ProtoNet side by side: shiftlab vs easyfsl 1.5.0, same data, architecture, episode shape and count."""
+def train_protonet(train: Any, iterations: int, way: int, shot: int, query: int, lr: float, seed: int,
+                   hparams: dict[str, Any] | None = None) -> tuple[Any, float]:
+    """Our ``protonet`` on a Conv-4 (64 channels, 28 px, channels-last), trained on ``iterations``
+    seeded ``way``-way ``shot``-shot episodes of ``train``; returns it and the training seconds."""
     from shiftlab.backbones import create_backbone
-    from shiftlab.batches import Episode
     from shiftlab.data.episodes import EpisodeSampler
-    from shiftlab.experiment.fewshot_run import evaluate_episodes, load_fewshot_recipe, prepare
     from shiftlab.methods import create_method
     from shiftlab.optim import OptimizerFactory
     from shiftlab.seeding import epoch_generator
+
+    torch.manual_seed(seed)
+    bb = create_backbone("conv4", in_chans=1, num_classes=0, image_size=28)
+    model = create_method("protonet", backbone=bb, num_classes=train.num_classes, hparams=hparams or {},
+                          optimizer=OptimizerFactory(lr=lr))
+    model.use_channels_last()
+    sampler = EpisodeSampler(train, way, shot, query)
+    t0 = time.perf_counter()
+    for it in range(iterations):
+        model.update(sampler.sample(epoch_generator(seed, it, 0)))
+    return model, time.perf_counter() - t0
+
+
+def run_easyfsl(iterations: int, out: Path, n_test: int = 1000) -> dict[str, Any]:
+    """ProtoNet side by side: shiftlab vs easyfsl 1.5.0, same data, architecture, episode shape and count."""
+    from shiftlab.data.episodes import EpisodeSampler
+    from shiftlab.experiment.fewshot_run import evaluate_episodes, load_fewshot_recipe, prepare
 
     torch.set_num_threads(1)
     py, note = ensure_peer_env()
@@ -294,16 +311,7 @@ def run_easyfsl(iterations: int, out: Path, n_test: int = 1000) -> dict[str, Any
                 "episodes": torch.stack(eps)}, blob)
 
     # ours
-    torch.manual_seed(seed)
-    bb = create_backbone("conv4", in_chans=1, num_classes=0, image_size=28)
-    ours = create_method("protonet", backbone=bb, num_classes=data.train.num_classes, optimizer=OptimizerFactory(lr=lr))
-    ours.use_channels_last()
-    tr = EpisodeSampler(data.train, way, shot, query)
-    t0 = time.perf_counter()
-    for it in range(iterations):
-        ep: Episode = tr.sample(epoch_generator(seed, it, 0))
-        ours.update(ep)
-    ours_train = time.perf_counter() - t0
+    ours, ours_train = train_protonet(data.train, iterations, way, shot, query, lr, seed)
     t0 = time.perf_counter()
     ours_accs = evaluate_episodes(ours, test, tw, ts, tq, n_test, seed=12345)
     ours_eval = time.perf_counter() - t0

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -30,13 +29,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import bench_fewshot  # noqa: E402
 
-from shiftlab.backbones import create_backbone  # noqa: E402
-from shiftlab.data.episodes import EpisodeSampler  # noqa: E402
 from shiftlab.experiment.fewshot_run import evaluate_episodes, load_fewshot_recipe, prepare  # noqa: E402
 from shiftlab.experiment.report import write_benchmark  # noqa: E402
-from shiftlab.methods import create_method  # noqa: E402
-from shiftlab.optim import OptimizerFactory  # noqa: E402
-from shiftlab.seeding import epoch_generator  # noqa: E402
 from shiftlab.stats import summarize  # noqa: E402
 
 
@@ -53,16 +47,8 @@ def main() -> None:
     test = data.evals["small2-heldout"]
     rows = []
     for distance in ("euclidean", "l2"):
-        torch.manual_seed(0)
-        bb = create_backbone("conv4", in_chans=1, num_classes=0, image_size=28)
-        m = create_method("protonet", backbone=bb, num_classes=data.train.num_classes,
-                          hparams={"distance": distance}, optimizer=OptimizerFactory(lr=1e-3))
-        m.use_channels_last()
-        sampler = EpisodeSampler(data.train, 20, 5, 5)
-        t0 = time.perf_counter()
-        for it in range(args.iterations):
-            m.update(sampler.sample(epoch_generator(0, it, 0)))
-        train_s = time.perf_counter() - t0
+        m, train_s = bench_fewshot.train_protonet(data.train, args.iterations, 20, 5, 5, 1e-3, 0,
+                                                  {"distance": distance})
         accs = evaluate_episodes(m, test, 5, 1, 15, args.test_episodes, seed=12345)
         s = summarize(accs)
         print(f"{distance}: 5-way 1-shot {s.mean * 100:.2f} ± {s.ci95 * 100:.2f} (train {train_s:.1f} s)")

@@ -55,13 +55,10 @@ class InferenceForward:
 
     def __init__(self, model: Backbone, backend: InferenceBackend = "auto") -> None:
         self.model = model
-        self.requested = backend
         self.backend: str = "eager" if backend == "eager" else "undecided"
+        self._eager = _FeaturesAndLogits(model)
+        self._eager.training = False  # the wrapper only (freezing needs it); __call__ switches the model
         self._traced: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None
-
-    def _eager(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        f = self.model.forward_features(x)
-        return f, self.model.head(f)
 
     def _decide(self, x: Tensor) -> tuple[Tensor, Tensor]:
         ref = self._eager(x)
@@ -71,8 +68,7 @@ class InferenceForward:
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")  # record them (torch.jit's deprecation notices too)
-                wrapped = _FeaturesAndLogits(self.model).eval()
-                traced = torch.jit.trace(wrapped, x, check_trace=False)
+                traced = torch.jit.trace(self._eager, x, check_trace=False)
                 fast = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
                 got = fast(x)
         except Exception as e:  # noqa: BLE001 - any tracing failure means: run eagerly

@@ -102,7 +102,6 @@ from shiftlab.io import (
 from shiftlab.methods import create_method, make_hparams
 from shiftlab.methods.fewshot.common import FewShotMethod
 from shiftlab.optim import OptimizerFactory
-from shiftlab.registry import UnknownNameError
 from shiftlab.seeding import epoch_generator, resolve_device, seed_everything
 from shiftlab.stats import summarize
 
@@ -261,10 +260,7 @@ def load_fewshot_recipe(
     ov = normalise_overrides(overrides)
     what = f"few-shot recipe {raw.get('name', '<unnamed>')!r}"
     recipe = validate_recipe(FewShotRecipe, apply_overrides(raw, ov), what)
-    try:  # an unknown method or hyper-parameter fails here, not after the data is built
-        make_hparams(recipe.method.name, recipe.effective_hparams())
-    except UnknownNameError as exc:
-        raise RecipeError(f"{what}: method: {exc}") from None
+    make_hparams(recipe.method.name, recipe.effective_hparams())  # an unknown method or hyper-parameter fails early
     return recipe, ov
 
 

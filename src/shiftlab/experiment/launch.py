@@ -161,7 +161,7 @@ def _check_names(rec: Any) -> None:
     try:
         make_hparams(rec.method.name, rec.effective_hparams())
         BACKBONES.get(rec.backbone.name)
-    except UnknownNameError as exc:
+    except (UnknownNameError, RecipeError) as exc:
         raise RecipeError(f"{rec.name}: {exc.args[0]}") from None
 
 

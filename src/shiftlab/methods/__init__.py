@@ -16,7 +16,7 @@ from shiftlab.backbones.base import Backbone
 from shiftlab.errors import RecipeError
 from shiftlab.methods.base import FewShotClassifier, Method, TestTimeMethod, TrainableMethod
 from shiftlab.optim import OptimizerFactory
-from shiftlab.registry import Registry
+from shiftlab.registry import Registry, UnknownNameError
 
 METHODS: Registry[type[Method]] = Registry("method")
 
@@ -31,9 +31,14 @@ def make_hparams(name: str, values: dict[str, Any] | None = None) -> Any:
     """Validate ``values`` against method ``name``'s ``Hparams`` dataclass (types included).
 
     Raises:
-        RecipeError: naming the unknown key or wrong type and the allowed keys.
+        RecipeError: naming the unknown method (and the known ones), or the unknown key or
+            wrong type and the allowed keys.
     """
-    return build_dataclass(METHODS.get(name).Hparams, values, f"method.hparams: {name!r}", "method.hparams.")
+    try:
+        cls = METHODS.get(name)
+    except UnknownNameError as exc:
+        raise RecipeError(f"method: {exc}") from None
+    return build_dataclass(cls.Hparams, values, f"method.hparams: {name!r}", "method.hparams.")
 
 
 def build_dataclass(cls: type, values: dict[str, Any] | None, owner: str, key_prefix: str) -> Any:
