@@ -142,7 +142,7 @@ def _distributed_run(recipe: Path, ov: dict, opts: object, seeds: list[int] | No
 def _fmt_metric(key: str, value: object) -> str:
     if not isinstance(value, (int, float)):
         return "-"
-    return f"{100 * value:.2f}" if key.endswith(("acc", "/err")) else f"{value:.4g}"
+    return f"{100 * value:.2f}" if key.removesuffix("_tta").endswith(("acc", "/err")) else f"{value:.4g}"
 
 
 @app.command()
@@ -261,6 +261,33 @@ def list_recipes() -> list[dict[str, str]]:
                 desc = "(invalid YAML)"
             rows.append({"name": str(p.relative_to(REPO_RECIPES.parent)), "summary": str(desc).strip().split("\n")[0]})
     return rows
+
+
+@app.command("eval")
+def eval_(
+    run_dirs: list[Path] = typer.Argument(..., help="Finished few-shot run folders (runs/<recipe>/<variant>/seed-<k>)."),
+    set_: list[str] = typer.Option([], "--set", help="An eval.* override: --set eval.tta_shift=1, "
+                                   "--set eval.seed=7 (other test episodes) (repeatable)."),
+    data_dir: Path | None = DataDirOpt,
+    device: str = typer.Option("cpu", "--device", help="auto, cpu, cuda or mps."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Warnings only."),
+) -> None:
+    """Evaluate finished few-shot runs again with other eval.* settings, without training;
+    writes <run>/eval-<overrides>.json beside metrics.json (which stays as it is)."""
+    from shiftlab.config import parse_override
+    from shiftlab.experiment.fewshot_run import evaluate_run
+
+    _setup_logging(quiet)
+    ov = dict(parse_override(o) for o in set_)
+    results = [evaluate_run(d, ov, str(data_dir) if data_dir else None, device) for d in run_dirs]
+    keys = sorted({k for r in results for k in r["metrics"]})[:8]
+    table = Table(title=f"re-evaluated ({', '.join(f'{k}={v}' for k, v in ov.items()) or 'same settings'})")
+    table.add_column("run")
+    for k in keys:
+        table.add_column(k)
+    for d, r in zip(run_dirs, results, strict=True):
+        table.add_row(str(d), *(_fmt_metric(k, r["metrics"].get(k)) for k in keys))
+    out.print(table)
 
 
 @app.command()

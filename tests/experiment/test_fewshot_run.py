@@ -189,3 +189,40 @@ def test_an_empty_or_unknown_method_name_is_a_recipe_error() -> None:
     for name in ("", "protonett"):
         with pytest.raises(RecipeError, match="protonet"):
             load_fewshot_recipe(raw, {"method": name})
+
+
+def test_tta_shift_reports_plain_and_shifted_metrics_and_refuses_adapting_methods(tmp_path: Path) -> None:
+    over = {"eval.tta_shift": 1, "train.iterations": 2}
+    m = run_fewshot(_recipe(episodes=10), over, RunOptions(runs_dir=tmp_path, progress=False))[0]
+    for k in ("unseen/3w1s/acc", "unseen/5w1s/acc", "unseen/verify_acc", "unseen/triplet_acc"):
+        assert k in m["metrics"] and f"{k}_tta" in m["metrics"], k
+        assert len(m["episodes"][f"{k}_tta"]) == len(m["episodes"][k])
+    # the shifted copies change the embeddings, so at least one metric moves
+    assert any(m["metrics"][f"{k}_tta"] != m["metrics"][k] for k in ("unseen/3w1s/acc", "unseen/5w1s/acc",
+                                                                      "unseen/triplet_acc"))
+    with pytest.raises(RecipeError, match="tta_shift"):  # raised before training, not after it
+        run_fewshot(_recipe(), {**over, "method": "reptile"}, RunOptions(runs_dir=tmp_path / "r", progress=False))
+    assert not list((tmp_path / "r").rglob("checkpoint.json"))
+
+
+def test_evaluate_run_reproduces_metrics_and_adds_tta_without_training(tmp_path: Path) -> None:
+    from shiftlab.errors import ShiftlabError
+    from shiftlab.experiment.fewshot_run import evaluate_run
+
+    m = run_fewshot(_recipe(episodes=10), {"train.iterations": 2}, RunOptions(runs_dir=tmp_path, progress=False))[0]
+    run = next(tmp_path.rglob("seed-0"))
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    same = evaluate_run(run)
+    assert same["metrics"] == pytest.approx(m["metrics"])
+    assert set(same["episodes"]) == set(m["episodes"])
+    assert all(same["episodes"][k] == pytest.approx(v) for k, v in m["episodes"].items())
+    tta = evaluate_run(run, {"eval.tta_shift": 1, "eval.seed": 7})
+    assert len(tta["episodes"]["unseen/5w1s/acc_tta"]) == 10 and "unseen/5w1s/acc" in tta["metrics"]
+    assert tta["episodes"]["unseen/5w1s/acc"] != same["episodes"]["unseen/5w1s/acc"]  # other episodes
+    written = sorted(p.name for p in run.glob("eval-*.json"))
+    assert len(written) == 2 and json.loads((run / written[-1]).read_text())["metrics"]
+    assert all(run.joinpath(n).read_bytes() == b for n, b in before.items())  # the run itself is untouched
+    with pytest.raises(RecipeError, match="eval"):
+        evaluate_run(run, {"train.lr": 0.1})
+    with pytest.raises(ShiftlabError, match="not a finished run"):
+        evaluate_run(tmp_path)

@@ -177,6 +177,10 @@ def _worker(rank: int, world: int, device: str | None, threads: int, fn: Callabl
     ctx = _init(rank, world, rank, device)
     try:
         fn(ctx)
+        # every rank reaches this point before any tears the group down: a rank that destroys
+        # its gloo pairs while another still talks to them can abort the other process
+        # ("terminate called without an active exception", seen once in five suite runs)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

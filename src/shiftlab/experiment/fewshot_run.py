@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import yaml
 from pydantic import Field, field_validator
 
 from shiftlab.backbones import create_backbone
@@ -60,6 +61,7 @@ from shiftlab.config import (
     StrictModel,
     apply_overrides,
     normalise_overrides,
+    overrides_id,
     validate_recipe,
     variant_label,
 )
@@ -223,10 +225,17 @@ class FewShotEvalSet(StrictModel):
 
 
 class FewShotEval(StrictModel):
-    """Evaluation protocols and the test-episode seed (the same episodes for every method)."""
+    """Evaluation protocols and the test-episode seed (the same episodes for every method).
+
+    ``tta_shift: P`` (pixels, 0 = off) adds test-time augmentation to the final evaluation:
+    every metric is reported twice, plain and as ``<metric>_tta`` with each image's embedding
+    averaged over the image and its copies shifted by ``P`` pixels up, down, left and right
+    (:meth:`~shiftlab.methods.fewshot.common.FewShotMethod.test_time_shift`; metric methods only).
+    """
 
     sets: list[FewShotEvalSet] = Field(default_factory=list)
     seed: int = 12345
+    tta_shift: int = Field(default=0, ge=0, le=8)
 
 
 class FewShotRecipe(StrictModel):
@@ -508,7 +517,38 @@ def evaluate_all(
     quick: bool,
 ) -> tuple[dict[str, float], dict[str, list[float]]]:
     """All evaluation sets: ``(metrics, per-episode values)``; ``quick`` uses the first way/shot only
-    and ``train.eval_episodes`` episodes (during training)."""
+    and ``train.eval_episodes`` episodes (during training). With ``eval.tta_shift`` the final
+    (not quick) evaluation runs twice, the second time with test-time shifts (keys ``*_tta``).
+
+    Raises:
+        RecipeError: ``eval.tta_shift`` for a method that adapts per episode (MAML, Reptile).
+    """
+    metrics, episodes = _evaluate_sets(method, recipe, data, device, quick)
+    px = recipe.eval.tta_shift
+    if px and not quick:
+        _check_tta(recipe, method)
+        with method.test_time_shift(px):
+            m2, e2 = _evaluate_sets(method, recipe, data, device, quick)
+        metrics.update({f"{k}_tta": v for k, v in m2.items()})
+        episodes.update({f"{k}_tta": v for k, v in e2.items()})
+    return metrics, episodes
+
+
+def _check_tta(recipe: FewShotRecipe, method: FewShotMethod) -> None:
+    if recipe.eval.tta_shift and not method.embeds_independently:
+        raise RecipeError(
+            f"eval.tta_shift averages each image's embedding over shifted copies, but "
+            f"{recipe.method.name!r} adapts its network to every episode; drop eval.tta_shift."
+        )
+
+
+def _evaluate_sets(
+    method: FewShotMethod,
+    recipe: FewShotRecipe,
+    data: PreparedData,
+    device: torch.device,
+    quick: bool,
+) -> tuple[dict[str, float], dict[str, list[float]]]:
     metrics: dict[str, float] = {}
     episodes: dict[str, list[float]] = {}
     seed = recipe.eval.seed
@@ -616,6 +656,7 @@ def build_method(recipe: FewShotRecipe, data: PreparedData, device: torch.device
             f"method {recipe.method.name!r} is not a few-shot method; few-shot recipes take one of the "
             "family 'fewshot' (`shiftlab list methods`)."
         )
+    _check_tta(recipe, method)  # before any training, not after it
     method.to(device)
     if t.channels_last and device.type == "cpu":
         method.use_channels_last(True)
@@ -756,6 +797,51 @@ def _run_seed(recipe: FewShotRecipe, ov: dict[str, Any], data: PreparedData, opt
     return metrics
 
 
+def evaluate_run(
+    run_dir: str | Path,
+    overrides: dict[str, Any] | Sequence[str] | None = None,
+    data_dir: str | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Evaluate a finished few-shot run's final checkpoint again, with other ``eval.*`` settings
+    (more episodes, other sets, ``eval.tta_shift``), without training.
+
+    Writes ``<run_dir>/eval-<overrides id>.json`` (atomically; ``metrics.json`` and the
+    checkpoint are not touched) with the metrics and per-episode values, and returns it.
+    With no overrides the result equals the run's own ``metrics.json`` (same episodes).
+
+    Raises:
+        RecipeError: an override outside ``eval.*`` (it would describe another model).
+        ShiftlabError: ``run_dir`` is not a finished few-shot run.
+    """
+    run_dir = Path(run_dir)
+    ov = normalise_overrides(overrides)
+    bad = [k for k in ov if k != "eval" and not k.startswith("eval.")]
+    if bad:
+        raise RecipeError(f"evaluating a trained run takes eval.* overrides only; {', '.join(bad)} would "
+                          "change the model: train it with `shiftlab run RECIPE --set ...` instead.")
+    cfg_path, ckpt = run_dir / "config.yaml", run_dir / "checkpoint"
+    if not (run_dir / "metrics.json").is_file() or not ckpt.with_suffix(".json").is_file():
+        raise ShiftlabError(f"{run_dir} is not a finished run (it needs metrics.json and its checkpoint); "
+                            "finish it with `shiftlab run RECIPE --resume` first.")
+    cfg = yaml.safe_load(cfg_path.read_text())
+    if not isinstance(cfg, dict) or cfg.get("kind") != "fewshot":
+        raise ShiftlabError(f"{cfg_path} is not a few-shot run (kind: {cfg.get('kind') if isinstance(cfg, dict) else None}).")
+    raw = {k: v for k, v in cfg.items() if k in FewShotRecipe.model_fields}
+    recipe, ov = load_fewshot_recipe(raw, ov)
+    t0 = time.perf_counter()
+    dev = resolve_device(device)
+    data = prepare(recipe, data_dir)
+    method = build_method(recipe, data, dev)
+    method.load_state_dict(load_state(ckpt, device="cpu")["model"])
+    metrics, episodes = evaluate_all(method, recipe, data, dev, quick=False)
+    result = {"run": str(run_dir), "seed": cfg.get("seed"), "method": recipe.method.name,
+              "train_overrides": cfg.get("overrides", {}), "eval_overrides": ov, "metrics": metrics,
+              "episodes": episodes, "eval_seconds": round(time.perf_counter() - t0, 3)}
+    atomic_write_json(run_dir / f"eval-{overrides_id(ov)}.json", result)
+    return result
+
+
 def _save(method: FewShotMethod, ckpt: Path, iteration: int, elapsed: float) -> None:
     save_state(ckpt, {"model": dict(method.state_dict()),
                       "optim": {k: o.state_dict() for k, o in method.optimizers().items()},
@@ -763,8 +849,6 @@ def _save(method: FewShotMethod, ckpt: Path, iteration: int, elapsed: float) -> 
 
 
 def _check_same(path: Path, config: dict[str, Any]) -> None:
-    import yaml
-
     try:
         old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError):

@@ -178,3 +178,26 @@ def test_l2_distance_logits_are_minus_the_plain_euclidean_distance() -> None:
     q, protos = torch.tensor([[3.0, 4.0]]), torch.tensor([[0.0, 0.0], [3.0, 0.0]])
     torch.testing.assert_close(euclidean_logits(q, protos), torch.tensor([[-5.0, -4.0]]))
     torch.testing.assert_close(sq_euclidean_logits(q, protos), torch.tensor([[-25.0, -16.0]]))
+
+
+def test_shift_views_and_test_time_shift_average_the_shifted_embeddings() -> None:
+    from shiftlab.methods.fewshot.common import shift_views
+
+    x = torch.zeros(1, 1, 6, 6)
+    x[0, 0, 2, 3] = 1.0
+    views = shift_views(x, 1)
+    assert len(views) == 5 and shift_views(x, 0) == [x]
+    hot = sorted(tuple(int(i) for i in (v[0, 0] == 1).nonzero()[0]) for v in views)
+    assert hot == [(1, 3), (2, 2), (2, 3), (2, 4), (3, 3)]  # the pixel itself and one step each way
+
+    m = _method("protonet")
+    xs = torch.rand(4, 1, 28, 28)
+    plain = m.embed_eval(xs)
+    with m.test_time_shift(2):
+        tta = m.embed_eval(xs)
+    want = torch.stack([m.embed_eval(v) for v in shift_views(xs, 2)]).mean(0)
+    assert torch.allclose(tta, want) and not torch.allclose(tta, plain)
+    assert torch.equal(m.embed_eval(xs), plain)  # leaving the block restores plain embeddings
+    with pytest.raises(ValueError, match="adapts"):
+        with _method("maml").test_time_shift(1):
+            pass

@@ -19,6 +19,8 @@ the logits that :meth:`fit_support` + :meth:`predict` would give.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import torch
@@ -34,6 +36,7 @@ __all__ = [
     "cosine_logits",
     "embed_in_chunks",
     "prototypes",
+    "shift_views",
     "sq_euclidean_logits",
 ]
 
@@ -68,6 +71,17 @@ def embed_in_chunks(fn: Any, x: Tensor, chunk: int = 1024) -> Tensor:
     return torch.cat([fn(x[i : i + chunk]) for i in range(0, len(x), chunk)])
 
 
+def shift_views(x: Tensor, px: int) -> list[Tensor]:
+    """``x: [B, C, H, W]`` and its four copies rolled by ``px`` pixels up, down, left and right.
+
+    Rolled, not zero-filled: what leaves one border re-enters at the other, which for
+    images with a uniform background (Omniglot, digits) is background either way.
+    """
+    if px <= 0:
+        return [x]
+    return [x, *(torch.roll(x, shifts=s, dims=d) for d in (2, 3) for s in (px, -px))]
+
+
 class FewShotMethod(FewShotClassifier, TrainableMethod):
     """Base of the meta-trained few-shot methods (see the module docstring).
 
@@ -89,6 +103,7 @@ class FewShotMethod(FewShotClassifier, TrainableMethod):
         super().__init__(backbone, num_classes, hparams, optimizer)
         self._support: tuple[Tensor, Tensor, int] | None = None
         self.channels_last = False
+        self.eval_shift = 0
 
     @property
     def episodes_per_update(self) -> int:
@@ -110,9 +125,29 @@ class FewShotMethod(FewShotClassifier, TrainableMethod):
 
     @torch.no_grad()
     def embed_eval(self, x: Tensor, chunk: int = 1024) -> Tensor:
-        """Embeddings ``[B, D]`` in eval mode, without gradients, in chunks."""
+        """Embeddings ``[B, D]`` in eval mode, without gradients, in chunks; inside
+        :meth:`test_time_shift` the mean embedding of the image and its shifted copies."""
         self.eval()
-        return embed_in_chunks(self.embed, x, chunk)
+        views = shift_views(x, self.eval_shift)
+        if len(views) == 1:
+            return embed_in_chunks(self.embed, x, chunk)
+        return torch.stack([embed_in_chunks(self.embed, v, chunk) for v in views]).mean(0)
+
+    @contextmanager
+    def test_time_shift(self, px: int) -> Iterator[None]:
+        """Test-time augmentation for evaluation: inside the block every evaluation embedding
+        (:meth:`embed_eval`, hence :meth:`fit_support` / :meth:`predict`) is the mean over the
+        image and its copies shifted by ``px`` pixels in the four directions (:func:`shift_views`).
+        Only for methods whose prediction goes through embeddings (``embeds_independently``).
+        """
+        if px and not self.embeds_independently:
+            raise ValueError(f"{type(self).__name__} adapts to each episode; test-time shifts of "
+                             "embeddings do not apply to it")
+        old, self.eval_shift = self.eval_shift, int(px)
+        try:
+            yield
+        finally:
+            self.eval_shift = old
 
     def logits_from_embeddings(self, support: Tensor, support_y: Tensor, query: Tensor, n_way: int) -> Tensor:
         """Episode logits ``[Q, N]`` from embeddings ``support: [N*K, D]`` and ``query: [Q, D]``."""
