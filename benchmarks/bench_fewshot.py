@@ -67,6 +67,8 @@ PLAN: list[tuple[str, str, dict[str, Any]]] = [
     # held-out alphabets (small1 -> small2), ProtoNet distances side by side, K = 1, 5, 10
     ("heldout", "omniglot_heldout.yaml", {"train.iterations": 300, "train.eval_every": 150}),
     ("heldout", "omniglot_heldout.yaml", {"train.iterations": 300, "train.eval_every": 150,
+                                          "method.hparams.distance": "l2", "eval.tta_shift": 1}),
+    ("heldout", "omniglot_heldout.yaml", {"train.iterations": 300, "train.eval_every": 150,
                                           "method.hparams.distance": "cosine"}),
     ("heldout", "omniglot_heldout.yaml", {"train.iterations": 300, "train.eval_every": 150,
                                           "method.hparams.distance": "parametric"}),
@@ -95,6 +97,12 @@ PLAN: list[tuple[str, str, dict[str, Any]]] = [
                            ("reptile", 60, {"method.hparams": {"meta_batch": 4, "inner_steps": 5, "inner_batch": 10,
                                                                "eval_inner_steps": 10},
                                             "eval.sets.0.episodes": 600}))],
+]
+
+# Rows over several seeds: (part, recipe, training overrides, seeds, eval-only overrides applied to
+# each finished run by ``shiftlab.experiment.fewshot_run.evaluate_run``, without retraining).
+SEEDED: list[tuple[str, str, dict[str, Any], list[int], dict[str, Any]]] = [
+    ("lake", "omniglot_protonet.yaml", {"method.hparams.distance": "l2"}, [0, 1, 2], {"eval.tta_shift": 1}),
 ]
 
 
@@ -133,6 +141,79 @@ def run_part(part: str, methods: list[str] | None, runs_dir: Path) -> None:
         t0 = time.perf_counter()
         m = run_fewshot(raw, rest, opts)[0]
         log.info("%s %s %s: %s (%.0f s)", part, recipe, ov, json.dumps(m["metrics"]), time.perf_counter() - t0)
+    for p, recipe, ov, seeds, eval_ov in SEEDED:
+        raw = _load(recipe)
+        if p != part or (methods and ov.get("method.name", raw["method"]["name"]) not in methods):
+            continue
+        for m in run_fewshot(raw, ov, opts, seeds=seeds):
+            log.info("%s %s %s seed %s: %s", part, recipe, ov, m["seed"], json.dumps(m["metrics"]))
+        for run in _seeded_runs(raw, ov, seeds, runs_dir):
+            _seeded_eval(run, eval_ov)
+
+
+def _seeded_runs(raw: dict[str, Any], ov: dict[str, Any], seeds: list[int], runs_dir: Path) -> list[Path]:
+    from shiftlab.config import overrides_id
+
+    return [runs_dir / raw["name"] / overrides_id(ov) / f"seed-{s}" for s in seeds]
+
+
+def _seeded_eval(run: Path, eval_ov: dict[str, Any]) -> dict[str, Any]:
+    """The run's ``eval-<id>.json`` for ``eval_ov`` (evaluated once, then read back)."""
+    from shiftlab.config import overrides_id
+    from shiftlab.experiment.fewshot_run import evaluate_run
+
+    path = run / f"eval-{overrides_id(eval_ov)}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    return evaluate_run(run, eval_ov, DATA)
+
+
+def collect_seeded(runs_dir: Path) -> list[dict[str, Any]]:
+    """Per-seed rows (95% CI over Lake's runs / episodes) and one row per metric over the seeds
+    (mean of the per-seed accuracies, 95% Student-t CI over seeds) for every :data:`SEEDED` entry."""
+    from shiftlab.stats import summarize
+
+    rows = []
+    for part, recipe, ov, seeds, eval_ov in SEEDED:
+        raw = _load(recipe)
+        done = [r for r in _seeded_runs(raw, ov, seeds, runs_dir) if (r / "metrics.json").is_file()]
+        if not done:
+            log.info("not run: %s %s %s", part, recipe, ov)
+            continue
+        label = row_label(ov.get("method.name", raw["method"]["name"]), ov)
+        per_key: dict[str, list[float]] = {}
+        for run in done:
+            m = json.loads((run / "metrics.json").read_text())
+            ev = _seeded_eval(run, eval_ov) if (run / "checkpoint.json").is_file() else {"episodes": {}}
+            for key, vals in {**m["episodes"], **{k: v for k, v in ev["episodes"].items() if k.endswith("_tta")}}.items():
+                s = summarize(vals)
+                per_key.setdefault(key, []).append(s.mean)
+                rows.append({
+                    "task": f"{part}:{key}", "method": f"{label} seed {m['seed']}", "metric": key.rsplit("/", 1)[-1],
+                    "mean": s.mean, "ci95": s.ci95, "n": s.n, "seconds": m["seconds"],
+                    "eval_seconds": ev.get("eval_seconds") if key.endswith("_tta") else m.get("eval_seconds"),
+                    "iterations": m.get("iterations"), "recipe": recipe, "overrides": ov,
+                    "eval_overrides": eval_ov if key.endswith("_tta") else {},
+                    "ci_over": "Lake's 20 runs" if key.startswith("lake20") else "test episodes",
+                })
+        for key, means in per_key.items():
+            s = summarize(means)
+            rows.append({"task": f"{part}:{key}", "method": f"{label} {len(means)} seeds", "metric": key.rsplit("/", 1)[-1],
+                         "mean": s.mean, "ci95": s.ci95, "n": s.n, "seconds": None, "recipe": recipe,
+                         "overrides": ov, "eval_overrides": eval_ov if key.endswith("_tta") else {},
+                         "ci_over": "seeds (each seed's value is its mean over the test runs/episodes)"})
+    return rows
+
+
+def merge_rows(new: list[dict[str, Any]], old_path: Path) -> tuple[list[dict[str, Any]], int]:
+    """``new`` plus the rows of the existing JSON at ``old_path`` that ``new`` does not replace
+    (runs measured earlier whose folders are not in this ``--runs-dir``); returns (rows, kept)."""
+    if not old_path.is_file():
+        return new, 0
+    have = {(r["task"], r["method"]) for r in new}
+    kept = [r for r in json.loads(old_path.read_text()).get("rows", [])
+            if (r["task"], r["method"]) not in have and not r.get("peer")]
+    return new + kept, len(kept)
 
 
 def row_label(method: str, ov: dict[str, Any]) -> str:
@@ -142,6 +223,8 @@ def row_label(method: str, ov: dict[str, Any]) -> str:
         bits.append(f"split {ov['data.class_split']}")
     if "method.hparams.distance" in ov:
         bits.append(ov["method.hparams.distance"])
+    if ov.get("eval.tta_shift"):
+        bits.append(f"test-time shifts {ov['eval.tta_shift']} px on *_tta")
     if ov.get("train.within_group"):
         bits.append(f"within-alphabet {ov.get('train.way', '')}-way".replace(" -way", ""))
     if "data.splits" in ov:
@@ -385,7 +468,7 @@ def main() -> None:
     if args.collect:
         from shiftlab.experiment.report import write_benchmark
 
-        rows = collect(args.runs_dir)
+        rows, kept = merge_rows(collect(args.runs_dir) + collect_seeded(args.runs_dir), args.out)
         ratios: dict[str, dict[str, Any]] = {}
         notes = [
             "Measured on 2 CPU cores shared with other jobs (other engineers' benchmarks ran at the same time), "
@@ -397,6 +480,19 @@ def main() -> None:
             "lake20 rows: mean and 95% CI over Lake et al.'s 20 runs (400 queries).",
         ]
         extra_versions = {}
+        old = json.loads(args.out.read_text()) if args.out.is_file() else {}
+        if kept:
+            notes.append(f"{kept} rows (and, without a fewshot-easyfsl.json in --runs-dir, the easyfsl ratios) are "
+                         f"carried over unchanged from the previous {args.out.name} (written {old.get('date')}): their "
+                         "run folders are not in this --runs-dir. Rows with 'seed k' / 'N seeds' in the method come "
+                         "from SEEDED (several seeds; '*_tta' tasks: test-time shifts, evaluated on the trained "
+                         "checkpoints without retraining).")
+        if not easy.is_file() and old.get("ratios"):
+            ratios = old["ratios"]
+            extra_versions["easyfsl"] = "1.5.0"
+            at = str(old.get("notes", "")).find("easyfsl 1.5.0 in")
+            if at >= 0:
+                notes.append(str(old["notes"])[at:])
         if easy.is_file():
             erows, ratios, note = easyfsl_rows(json.loads(easy.read_text()))
             rows += erows

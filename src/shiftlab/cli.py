@@ -271,23 +271,34 @@ def eval_(
     data_dir: Path | None = DataDirOpt,
     device: str = typer.Option("cpu", "--device", help="auto, cpu, cuda or mps."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Warnings only."),
+    ensemble: Path | None = typer.Option(None, "--ensemble", help="Evaluate the runs as one ensemble (mean "
+                                         "log-probability of the members) and write the result to this JSON file."),
 ) -> None:
     """Evaluate finished few-shot runs again with other eval.* settings, without training;
-    writes <run>/eval-<overrides>.json beside metrics.json (which stays as it is)."""
+    writes <run>/eval-<overrides>.json beside metrics.json (which stays as it is), or with
+    --ensemble FILE evaluates the runs together as an ensemble."""
     from shiftlab.config import parse_override
-    from shiftlab.experiment.fewshot_run import evaluate_run
+    from shiftlab.experiment.fewshot_run import evaluate_ensemble, evaluate_run
 
     _setup_logging(quiet)
     ov = dict(parse_override(o) for o in set_)
-    results = [evaluate_run(d, ov, str(data_dir) if data_dir else None, device) for d in run_dirs]
+    dd = str(data_dir) if data_dir else None
+    if ensemble is not None:
+        results = [evaluate_ensemble(run_dirs, ensemble, ov, dd, device)]
+        names = [f"ensemble of {len(run_dirs)}"]
+    else:
+        results = [evaluate_run(d, ov, dd, device) for d in run_dirs]
+        names = [str(d) for d in run_dirs]
     keys = sorted({k for r in results for k in r["metrics"]})[:8]
     table = Table(title=f"re-evaluated ({', '.join(f'{k}={v}' for k, v in ov.items()) or 'same settings'})")
     table.add_column("run")
     for k in keys:
         table.add_column(k)
-    for d, r in zip(run_dirs, results, strict=True):
-        table.add_row(str(d), *(_fmt_metric(k, r["metrics"].get(k)) for k in keys))
+    for name, r in zip(names, results, strict=True):
+        table.add_row(name, *(_fmt_metric(k, r["metrics"].get(k)) for k in keys))
     out.print(table)
+    if ensemble is not None:
+        out.print(f"Written: {ensemble}")
 
 
 @app.command()

@@ -226,3 +226,24 @@ def test_evaluate_run_reproduces_metrics_and_adds_tta_without_training(tmp_path:
         evaluate_run(run, {"train.lr": 0.1})
     with pytest.raises(ShiftlabError, match="not a finished run"):
         evaluate_run(tmp_path)
+
+
+def test_evaluate_ensemble_of_two_seeds_writes_json_and_refuses_other_data(tmp_path: Path) -> None:
+    from shiftlab.experiment.fewshot_run import evaluate_ensemble
+
+    opts = RunOptions(runs_dir=tmp_path, progress=False)
+    run_fewshot(_recipe(episodes=10), {"train.iterations": 2}, opts, seeds=[0, 1])
+    runs = sorted(tmp_path.rglob("seed-*"))
+    assert len(runs) == 2
+    res = evaluate_ensemble(runs, tmp_path / "ens.json", {"eval.tta_shift": 1})
+    saved = json.loads((tmp_path / "ens.json").read_text())
+    assert saved["metrics"] == res["metrics"] and len(saved["members"]) == 2
+    assert {"unseen/5w1s/acc", "unseen/5w1s/acc_tta"} <= set(res["metrics"])
+    assert all(0.0 <= v <= 1.0 for k, v in res["metrics"].items() if k.endswith(("acc", "acc_tta")))
+    other = run_fewshot(_recipe(episodes=10), {"train.iterations": 2, "data.image_size": 20},
+                        RunOptions(runs_dir=tmp_path / "o", progress=False))[0]
+    assert other
+    with pytest.raises(RecipeError, match="other data"):
+        evaluate_ensemble([runs[0], next((tmp_path / "o").rglob("seed-0"))], tmp_path / "bad.json")
+    with pytest.raises(RecipeError, match="two"):
+        evaluate_ensemble(runs[:1], tmp_path / "one.json")

@@ -815,11 +815,76 @@ def evaluate_run(
         ShiftlabError: ``run_dir`` is not a finished few-shot run.
     """
     run_dir = Path(run_dir)
+    ov = _eval_overrides(overrides)
+    cfg, recipe, ov = _finished_run(run_dir, ov)
+    t0 = time.perf_counter()
+    dev = resolve_device(device)
+    data = prepare(recipe, data_dir)
+    method = _trained(recipe, data, dev, run_dir)
+    metrics, episodes = evaluate_all(method, recipe, data, dev, quick=False)
+    result = {"run": str(run_dir), "seed": cfg.get("seed"), "method": recipe.method.name,
+              "train_overrides": cfg.get("overrides", {}), "eval_overrides": ov, "metrics": metrics,
+              "episodes": episodes, "eval_seconds": round(time.perf_counter() - t0, 3)}
+    atomic_write_json(run_dir / f"eval-{overrides_id(ov)}.json", result)
+    return result
+
+
+def evaluate_ensemble(
+    run_dirs: Sequence[str | Path],
+    out: str | Path,
+    overrides: dict[str, Any] | Sequence[str] | None = None,
+    data_dir: str | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Evaluate the :class:`~shiftlab.methods.fewshot.ensemble.FewShotEnsemble` of finished
+    few-shot runs (mean log-probability of the members) on the first run's evaluation sets
+    (with ``eval.*`` overrides); writes ``out`` (JSON, atomically) and returns it.
+
+    Raises:
+        RecipeError: a non-``eval.*`` override, or runs with different data (``data:``
+            sections), or a member that adapts per episode (MAML, Reptile).
+        ShiftlabError: a run folder is not a finished few-shot run.
+    """
+    from shiftlab.methods.fewshot.ensemble import FewShotEnsemble
+
+    dirs = [Path(d) for d in run_dirs]
+    if len(dirs) < 2:
+        raise RecipeError("an ensemble needs at least two finished runs")
+    ov = _eval_overrides(overrides)
+    runs = [_finished_run(d, ov) for d in dirs]
+    first = runs[0][1]
+    for d, (_, r, _) in zip(dirs[1:], runs[1:], strict=True):
+        if r.data != first.data:
+            raise RecipeError(f"{d} was trained on other data than {dirs[0]} (their `data:` sections differ); "
+                              "an ensemble's members must share the data and image size.")
+    t0 = time.perf_counter()
+    dev = resolve_device(device)
+    data = prepare(first, data_dir)
+    try:
+        ensemble = FewShotEnsemble([_trained(r, data, dev, d) for d, (_, r, _) in zip(dirs, runs, strict=True)])
+    except ValueError as exc:
+        raise RecipeError(f"cannot ensemble these runs: {exc}") from None
+    metrics, episodes = evaluate_all(ensemble, first, data, dev, quick=False)  # type: ignore[arg-type]
+    result = {"runs": [str(d) for d in dirs], "members": [{"method": r.method.name, "seed": c.get("seed"),
+                                                            "train_overrides": c.get("overrides", {})}
+                                                           for c, r, _ in runs],
+              "eval_overrides": runs[0][2], "combination": "mean of the members' log-softmax",
+              "metrics": metrics, "episodes": episodes, "eval_seconds": round(time.perf_counter() - t0, 3)}
+    atomic_write_json(Path(out), result)
+    return result
+
+
+def _eval_overrides(overrides: dict[str, Any] | Sequence[str] | None) -> dict[str, Any]:
     ov = normalise_overrides(overrides)
     bad = [k for k in ov if k != "eval" and not k.startswith("eval.")]
     if bad:
         raise RecipeError(f"evaluating a trained run takes eval.* overrides only; {', '.join(bad)} would "
                           "change the model: train it with `shiftlab run RECIPE --set ...` instead.")
+    return ov
+
+
+def _finished_run(run_dir: Path, ov: dict[str, Any]) -> tuple[dict[str, Any], FewShotRecipe, dict[str, Any]]:
+    """``(config.yaml, its recipe with the eval overrides, normalised overrides)`` of a finished run."""
     cfg_path, ckpt = run_dir / "config.yaml", run_dir / "checkpoint"
     if not (run_dir / "metrics.json").is_file() or not ckpt.with_suffix(".json").is_file():
         raise ShiftlabError(f"{run_dir} is not a finished run (it needs metrics.json and its checkpoint); "
@@ -829,17 +894,13 @@ def evaluate_run(
         raise ShiftlabError(f"{cfg_path} is not a few-shot run (kind: {cfg.get('kind') if isinstance(cfg, dict) else None}).")
     raw = {k: v for k, v in cfg.items() if k in FewShotRecipe.model_fields}
     recipe, ov = load_fewshot_recipe(raw, ov)
-    t0 = time.perf_counter()
-    dev = resolve_device(device)
-    data = prepare(recipe, data_dir)
-    method = build_method(recipe, data, dev)
-    method.load_state_dict(load_state(ckpt, device="cpu")["model"])
-    metrics, episodes = evaluate_all(method, recipe, data, dev, quick=False)
-    result = {"run": str(run_dir), "seed": cfg.get("seed"), "method": recipe.method.name,
-              "train_overrides": cfg.get("overrides", {}), "eval_overrides": ov, "metrics": metrics,
-              "episodes": episodes, "eval_seconds": round(time.perf_counter() - t0, 3)}
-    atomic_write_json(run_dir / f"eval-{overrides_id(ov)}.json", result)
-    return result
+    return cfg, recipe, ov
+
+
+def _trained(recipe: FewShotRecipe, data: PreparedData, device: torch.device, run_dir: Path) -> FewShotMethod:
+    method = build_method(recipe, data, device)
+    method.load_state_dict(load_state(run_dir / "checkpoint", device="cpu")["model"])
+    return method
 
 
 def _save(method: FewShotMethod, ckpt: Path, iteration: int, elapsed: float) -> None:

@@ -201,3 +201,28 @@ def test_shift_views_and_test_time_shift_average_the_shifted_embeddings() -> Non
     with pytest.raises(ValueError, match="adapts"):
         with _method("maml").test_time_shift(1):
             pass
+
+
+def test_ensemble_is_the_mean_log_probability_and_works_with_the_cache_and_shifts() -> None:
+    from shiftlab.methods.fewshot.ensemble import FewShotEnsemble
+
+    a, b = _method("protonet", {"distance": "l2"}), _method("matching", hidden=8)
+    ens = FewShotEnsemble([a, b])
+    g = torch.Generator().manual_seed(1)
+    sx, sy, qx = torch.rand(6, 1, 28, 28, generator=g), torch.arange(3).repeat(2), torch.rand(5, 1, 28, 28, generator=g)
+    ens.fit_support(sx, sy)
+    got = ens.predict(qx)
+    want = []
+    for m in (a, b):
+        m.fit_support(sx, sy)
+        want.append(m.predict(qx).log_softmax(1))
+    assert torch.allclose(got, torch.stack(want).mean(0), atol=1e-6)
+    assert ens.embed_eval(qx).shape == (5, a.embed_eval(qx[:1]).shape[1] + b.embed_eval(qx[:1]).shape[1])
+    data = TensorData((torch.rand(60, 1, 28, 28, generator=g) * 255).to(torch.uint8), torch.arange(12).repeat(5))
+    fast = evaluate_episodes(ens, data, 4, 2, 3, 5, seed=3, use_cache=True)  # type: ignore[arg-type]
+    assert fast == pytest.approx(evaluate_episodes(ens, data, 4, 2, 3, 5, seed=3, use_cache=False))  # type: ignore[arg-type]
+    with ens.test_time_shift(1):
+        assert a.eval_shift == 1 and b.eval_shift == 1
+    assert a.eval_shift == 0 and b.eval_shift == 0
+    with pytest.raises(ValueError, match="metric methods"):
+        FewShotEnsemble([a, _method("maml")])
