@@ -369,8 +369,12 @@ def train_protonet(train: Any, iterations: int, way: int, shot: int, query: int,
     return model, time.perf_counter() - t0
 
 
-def run_easyfsl(iterations: int, out: Path, n_test: int = 1000) -> dict[str, Any]:
-    """ProtoNet side by side: shiftlab vs easyfsl 1.5.0, same data, architecture, episode shape and count."""
+def run_easyfsl(iterations: int, out: Path, n_test: int = 1000, distance: str = "l2") -> dict[str, Any]:
+    """ProtoNet side by side: shiftlab vs easyfsl 1.5.0, same data, architecture, episode shape and count.
+
+    ``distance``: ours; ``l2`` (the default) is easyfsl's own scoring (minus the Euclidean
+    distance), so both sides train the same model; ``euclidean`` is Snell et al.'s squared one.
+    """
     from shiftlab.data.episodes import EpisodeSampler
     from shiftlab.experiment.fewshot_run import evaluate_episodes, load_fewshot_recipe, prepare
 
@@ -394,7 +398,7 @@ def run_easyfsl(iterations: int, out: Path, n_test: int = 1000) -> dict[str, Any
                 "episodes": torch.stack(eps)}, blob)
 
     # ours
-    ours, ours_train = train_protonet(data.train, iterations, way, shot, query, lr, seed)
+    ours, ours_train = train_protonet(data.train, iterations, way, shot, query, lr, seed, {"distance": distance})
     t0 = time.perf_counter()
     ours_accs = evaluate_episodes(ours, test, tw, ts, tq, n_test, seed=12345)
     ours_eval = time.perf_counter() - t0
@@ -403,7 +407,7 @@ def run_easyfsl(iterations: int, out: Path, n_test: int = 1000) -> dict[str, Any
     ours_eval_nocache = time.perf_counter() - t0
 
     cfg = {"data": str(blob), "seed": seed, "way": way, "shot": shot, "query": query, "iterations": iterations,
-           "lr": lr, "test_way": tw, "test_shot": ts, "test_query": tq}
+           "lr": lr, "test_way": tw, "test_shot": ts, "test_query": tq, "ours_distance": distance}
     t0 = time.perf_counter()
     res = subprocess.run([str(py), "-c", PEER_SCRIPT, json.dumps(cfg)], check=True, capture_output=True, text=True,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -453,6 +457,8 @@ def main() -> None:
     ap.add_argument("--runs-dir", type=Path, default=REPO / "benchmarks" / "runs")
     ap.add_argument("--easyfsl-iterations", type=int, default=300)
     ap.add_argument("--easyfsl-test-episodes", type=int, default=1000)
+    ap.add_argument("--easyfsl-distance", default="l2", choices=["l2", "euclidean"],
+                    help="our ProtoNet's distance in the side-by-side (l2 = easyfsl's)")
     ap.add_argument("--collect", action="store_true")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "fewshot.json")
     args = ap.parse_args()
@@ -461,7 +467,7 @@ def main() -> None:
     easy = args.runs_dir / "fewshot-easyfsl.json"
     if args.part == "easyfsl":
         args.runs_dir.mkdir(parents=True, exist_ok=True)
-        res = run_easyfsl(args.easyfsl_iterations, easy, args.easyfsl_test_episodes)
+        res = run_easyfsl(args.easyfsl_iterations, easy, args.easyfsl_test_episodes, args.easyfsl_distance)
         log.info("easyfsl side by side: %s", {k: (v if k != "accs" else len(v)) for k, v in res["easyfsl"].items()})
     elif args.part:
         run_part(args.part, args.methods, args.runs_dir)
@@ -497,7 +503,9 @@ def main() -> None:
             erows, ratios, note = easyfsl_rows(json.loads(easy.read_text()))
             rows += erows
             notes.append(f"easyfsl 1.5.0 in benchmarks/.venvs/easyfsl (torch shared with this environment via a .pth); {note}. "
-                         "easyfsl's PrototypicalNetworks scores with -cdist (Euclidean), ours with -cdist^2 (Snell et al.).")
+                         "easyfsl's PrototypicalNetworks scores with -cdist (Euclidean); ours in the side-by-side with "
+                         f"distance={json.loads(easy.read_text())['config'].get('ours_distance', 'euclidean')} "
+                         "(l2: the same -cdist; euclidean: Snell et al.'s -cdist^2).")
             extra_versions["easyfsl"] = "1.5.0"
         cmd = "python benchmarks/bench_fewshot.py --part <lake|heldout|ratios|easyfsl> ; python benchmarks/bench_fewshot.py --collect"
         write_benchmark(args.out, "fewshot", cmd, rows, ratios, " ".join(notes), extra_versions)

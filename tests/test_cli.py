@@ -100,3 +100,25 @@ def test_ctrl_c_in_a_real_process_then_resume(tmp_path: Path) -> None:
     epochs = [json.loads(x)["epoch"] for x in (ckpt.parent / "results.jsonl").read_text().splitlines()]
     assert epochs == list(range(12))
     assert json.loads((ckpt.parent / "metrics.json").read_text())["selected_epoch"] == 11
+
+
+def test_eval_re_evaluates_and_ensembles_fewshot_runs(cli, tmp_path: Path) -> None:
+    rec = tmp_path / "fs.yaml"
+    rec.write_text(yaml.safe_dump({
+        "kind": "fewshot", "name": "fs-cli",
+        "data": {"source": "digits", "splits": ["train"], "class_split": "50-50", "image_size": 28, "channels": 1},
+        "backbone": {"name": "conv4", "args": {"hidden": 8}},
+        "train": {"iterations": 2, "way": 3, "shot": 1, "query": 2, "eval_every": 2, "eval_episodes": 3},
+        "eval": {"sets": [{"name": "unseen", "ways": [3], "episodes": 8}]},
+    }))
+    code, _, err = cli(["run", str(rec), "--seeds", "0", "1", "--runs-dir", str(tmp_path / "runs"), "-q"])
+    assert code == 0, err
+    runs = [str(tmp_path / f"runs/fs-cli/default/seed-{s}") for s in (0, 1)]
+    code, out, err = cli(["eval", runs[0], "--set", "eval.tta_shift=1", "-q"])
+    assert code == 0, err
+    assert "unseen/3w1s/acc_tta" in out and list(Path(runs[0]).glob("eval-*.json"))
+    code, out, err = cli(["eval", *runs, "--ensemble", str(tmp_path / "ens.json"), "-q"])
+    assert code == 0, err
+    assert "ensemble of 2" in out and json.loads((tmp_path / "ens.json").read_text())["metrics"]
+    code, _, err = cli(["eval", runs[0], "--set", "train.lr=0.1", "-q"])
+    assert code == 2 and "eval.* overrides only" in err

@@ -34,6 +34,12 @@ Evaluation protocols (``eval.sets``):
   ``pairs: P`` adds binary verification accuracy over P balanced pairs with the
   decision threshold tuned on P pairs of validation classes (``<name>/verify_acc``) and
   ``triplets: T`` adds the distance accuracy ``P(d(a, p) < d(a, n))`` (``<name>/triplet_acc``).
+
+``eval.tta_shift: P`` adds test-time augmentation to the final evaluation (every metric
+again as ``<metric>_tta``: each image's embedding averaged over itself and its copies shifted
+by P pixels in the four directions). :func:`evaluate_run` evaluates a finished run again with
+other ``eval.*`` settings and :func:`evaluate_ensemble` several finished runs as one
+ensemble, without training (``shiftlab eval RUN... [--set eval.tta_shift=1] [--ensemble FILE]``).
 """
 
 from __future__ import annotations
