@@ -168,6 +168,18 @@ def _seeded_eval(run: Path, eval_ov: dict[str, Any]) -> dict[str, Any]:
     return evaluate_run(run, eval_ov, DATA)
 
 
+def _seeded_ensemble(runs: list[Path], eval_ov: dict[str, Any]) -> dict[str, Any]:
+    """``evaluate_ensemble`` of ``runs`` (written beside them once, then read back)."""
+    from shiftlab.config import overrides_id
+    from shiftlab.experiment.fewshot_run import evaluate_ensemble
+
+    seeds = "-".join(r.name.removeprefix("seed-") for r in runs)
+    path = runs[0].parent / f"ensemble-seeds-{seeds}-{overrides_id(eval_ov)}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    return evaluate_ensemble(runs, path, eval_ov, DATA)
+
+
 def collect_seeded(runs_dir: Path) -> list[dict[str, Any]]:
     """Per-seed rows (95% CI over Lake's runs / episodes) and one row per metric over the seeds
     (mean of the per-seed accuracies, 95% Student-t CI over seeds) for every :data:`SEEDED` entry."""
@@ -195,6 +207,18 @@ def collect_seeded(runs_dir: Path) -> list[dict[str, Any]]:
                     "iterations": m.get("iterations"), "recipe": recipe, "overrides": ov,
                     "eval_overrides": eval_ov if key.endswith("_tta") else {},
                     "ci_over": "Lake's 20 runs" if key.startswith("lake20") else "test episodes",
+                })
+        if len(done) >= 2:  # the seeds' models as one ensemble (mean log-probability), plain and with eval_ov
+            ens = _seeded_ensemble(done, eval_ov)
+            for key, vals in ens["episodes"].items():
+                s = summarize(vals)
+                rows.append({
+                    "task": f"{part}:{key}", "method": f"{label} ensemble of {len(done)} seeds",
+                    "metric": key.rsplit("/", 1)[-1], "mean": s.mean, "ci95": s.ci95, "n": s.n, "seconds": None,
+                    "eval_seconds": ens.get("eval_seconds"), "recipe": recipe, "overrides": ov,
+                    "eval_overrides": eval_ov if key.endswith("_tta") else {},
+                    "ci_over": "Lake's 20 runs" if key.startswith("lake20") else "test episodes",
+                    "combination": ens["combination"],
                 })
         for key, means in per_key.items():
             s = summarize(means)
@@ -493,6 +517,13 @@ def main() -> None:
                          "run folders are not in this --runs-dir. Rows with 'seed k' / 'N seeds' in the method come "
                          "from SEEDED (several seeds; '*_tta' tasks: test-time shifts, evaluated on the trained "
                          "checkpoints without retraining).")
+        if any(" seeds" in r["method"] or " seed " in r["method"] for r in rows):
+            notes.append("Test-time shifts (eval.tta_shift=1: each image's embedding averaged over the image and its "
+                         "copies rolled by 1 px up/down/left/right) were the first and only test-time augmentation "
+                         "tried: first seen on seed 0's Lake runs (2026-12-03), then checked on seeds 1 and 2 and on "
+                         "the held-out-alphabet episodes (the 'protonet(l2, test-time shifts ...)' heldout row), where "
+                         "they help too. Ensemble rows: the seeds' trained models combined by the mean of their "
+                         "log-probabilities (shiftlab eval RUN... --ensemble), no extra training.")
         if not easy.is_file() and old.get("ratios"):
             ratios = old["ratios"]
             extra_versions["easyfsl"] = "1.5.0"
