@@ -372,13 +372,15 @@ def ensure_peer_env() -> tuple[Path, str]:
 
 
 def train_protonet(train: Any, iterations: int, way: int, shot: int, query: int, lr: float, seed: int,
-                   hparams: dict[str, Any] | None = None) -> tuple[Any, float]:
+                   hparams: dict[str, Any] | None = None, precision: str = "fp32") -> tuple[Any, float]:
     """Our ``protonet`` on a Conv-4 (64 channels, 28 px, channels-last), trained on ``iterations``
-    seeded ``way``-way ``shot``-shot episodes of ``train``; returns it and the training seconds."""
+    seeded ``way``-way ``shot``-shot episodes of ``train`` (``precision``: ``fp32`` or ``bf16``
+    autocast, as ``train.precision`` of a recipe); returns it and the training seconds."""
     from shiftlab.backbones import create_backbone
     from shiftlab.data.episodes import EpisodeSampler
     from shiftlab.methods import create_method
     from shiftlab.optim import OptimizerFactory
+    from shiftlab.precision import train_autocast
     from shiftlab.seeding import epoch_generator
 
     torch.manual_seed(seed)
@@ -389,7 +391,9 @@ def train_protonet(train: Any, iterations: int, way: int, shot: int, query: int,
     sampler = EpisodeSampler(train, way, shot, query)
     t0 = time.perf_counter()
     for it in range(iterations):
-        model.update(sampler.sample(epoch_generator(seed, it, 0)))
+        ep = sampler.sample(epoch_generator(seed, it, 0))
+        with train_autocast("cpu", precision):  # type: ignore[arg-type]
+            model.update(ep)
     return model, time.perf_counter() - t0
 
 
@@ -429,6 +433,10 @@ def run_easyfsl(iterations: int, out: Path, n_test: int = 1000, distance: str = 
     t0 = time.perf_counter()
     ours_accs_nocache = evaluate_episodes(ours, test, tw, ts, tq, min(200, n_test), seed=12345, use_cache=False)
     ours_eval_nocache = time.perf_counter() - t0
+    # ours again with bf16 autocast training (train.precision: bf16), evaluated in float32
+    ours16, ours16_train = train_protonet(data.train, iterations, way, shot, query, lr, seed, {"distance": distance},
+                                          precision="bf16")
+    ours16_accs = evaluate_episodes(ours16, test, tw, ts, tq, n_test, seed=12345)
 
     cfg = {"data": str(blob), "seed": seed, "way": way, "shot": shot, "query": query, "iterations": iterations,
            "lr": lr, "test_way": tw, "test_shot": ts, "test_query": tq, "ours_distance": distance}
@@ -443,6 +451,7 @@ def run_easyfsl(iterations: int, out: Path, n_test: int = 1000, distance: str = 
         "note": note,
         "ours": {"train_s": ours_train, "eval_s": ours_eval, "accs": ours_accs,
                  "eval_nocache_s_200": ours_eval_nocache, "accs_nocache_200": ours_accs_nocache},
+        "ours_bf16": {"train_s": ours16_train, "accs": ours16_accs},
         "easyfsl": {**peer, "process_wall_s": peer_wall},
     }
     out.write_text(json.dumps(result))
@@ -463,7 +472,16 @@ def easyfsl_rows(res: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, d
                      "test_episodes_per_s": len(res[side]["accs"]) / res[side]["eval_s"]})
     ratios["train episodes/s (20-way 5-shot 5-query)"] = {
         "ours_s": res["ours"]["train_s"], "peer_s": res["easyfsl"]["train_s"],
-        "note": f"{it} training episodes each; same Conv-4, Adam 1e-3, 1 thread"}
+        "note": f"{it} training episodes each; same Conv-4, Adam 1e-3, 1 thread, both float32"}
+    if "ours_bf16" in res:
+        s16 = summarize(res["ours_bf16"]["accs"])
+        rows.append({"task": "easyfsl-side-by-side:small2-heldout/5w1s/acc", "method": "shiftlab protonet, bf16 training",
+                     "metric": "acc", "mean": s16.mean, "ci95": s16.ci95, "n": s16.n,
+                     "seconds": res["ours_bf16"]["train_s"], "train_episodes_per_s": it / res["ours_bf16"]["train_s"]})
+        ratios["train episodes/s, ours with train.precision=bf16 (20-way 5-shot 5-query)"] = {
+            "ours_s": res["ours_bf16"]["train_s"], "peer_s": res["easyfsl"]["train_s"],
+            "note": f"{it} training episodes each; ours under bf16 autocast (AVX-512 BF16 CPU), peer float32 as "
+                    "its code does; evaluation float32 on both sides"}
     ratios[f"test episodes/s (5-way 1-shot 15-query, {len(res['ours']['accs'])} episodes)"] = {
         "ours_s": res["ours"]["eval_s"], "peer_s": res["easyfsl"]["eval_s"],
         "note": "ours embeds each test image once (eval-mode BatchNorm) and scores episodes from the cache"}

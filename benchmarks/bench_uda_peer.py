@@ -129,6 +129,7 @@ def main() -> None:
     ap.add_argument("--data-dir", default=os.environ.get("SHIFTLAB_DATA", str(REPO.parent / "shared" / "data")))
     ap.add_argument("--runs-dir", type=Path, default=REPO / "benchmarks" / "runs")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "uda_peer.json")
+    ap.add_argument("--no-bf16", action="store_true", help="skip the third run: ours with train.precision=bf16")
     args = ap.parse_args()
 
     from shiftlab.backbones import create_backbone
@@ -172,6 +173,15 @@ def main() -> None:
     ours_curve = [r["metrics"][f"{eval_key}/acc"] for r in
                   map(json.loads, (exp.run_dir(args.seed) / "results.jsonl").read_text().splitlines())]
 
+    ours16 = None
+    if not args.no_bf16:  # ours again with bf16 autocast training (evaluation in float32)
+        recipe16, ov16 = load_recipe(REPO / "recipes" / "uda" / "mnist_to_mnistm.yaml", {**ov, "train.precision": "bf16"})
+        assert recipe16.train.precision == "bf16"
+        exp16 = Experiment(recipe16, ov16,
+                           RunOptions(runs_dir=args.runs_dir / "uda-peer", data_dir=args.data_dir,
+                                      overwrite=True, progress=False))
+        ours16 = exp16.run_seed(args.seed)
+
     cfg = {"data": str(blob), "seed": args.seed, "epochs": args.epochs, "steps_per_epoch": steps,
            "batch_size": 64, "lr": 1e-3, "threads": args.threads}
     t0 = time.perf_counter()
@@ -195,7 +205,16 @@ def main() -> None:
     ]
     ratios = {f"DANN training wall-clock, {args.epochs} epoch(s) x {steps} steps, batch 64+64": {
         "ours_s": ours["seconds"], "peer_s": peer["train_s"],
-        "note": f"{args.threads} torch thread(s); same network ({ours_params} parameters), objective and optimiser"}}
+        "note": f"{args.threads} torch thread(s); same network ({ours_params} parameters), objective and optimiser; "
+                "both float32"}}
+    if ours16 is not None:
+        rows.insert(1, {"task": "mnist->mnist_m (real test)", "method": "shiftlab dann, bf16 training",
+                        "metric": "accuracy", "mean": ours16["metrics"][f"{eval_key}/acc"], "ci95": None, "n": 1,
+                        "seconds": ours16["seconds"]})
+        ratios[f"DANN training wall-clock, ours with train.precision=bf16, {args.epochs} epoch(s) x {steps} steps"] = {
+            "ours_s": ours16["seconds"], "peer_s": peer["train_s"],
+            "note": "ours under bf16 autocast (AVX-512 BF16 CPU; weights, losses and evaluation float32), "
+                    "peer float32 as its code does"}
     notes = (f"Seed {args.seed}, one run per side (accuracy differences of a few points between single runs are "
              "within seed noise; see uda.json for seeded CIs). The peer's loader length was "
              f"{peer['len_loader']} batches per epoch, of which {steps} were used, as ours. "

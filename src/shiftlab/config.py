@@ -118,6 +118,8 @@ class TrainCfg(StrictModel):
             cutout; see :mod:`shiftlab.data.augment`).
         eval_every: evaluate every N epochs (and always after the last).
         max_steps_per_epoch: cap on optimisation steps per epoch (quick runs).
+        precision: ``fp32`` or ``bf16`` (autocast of the training steps; fast on CPUs with
+            AVX-512 BF16 / AMX and recent GPUs, see :mod:`shiftlab.precision`).
     """
 
     epochs: int = Field(default=5, ge=1)
@@ -129,6 +131,7 @@ class TrainCfg(StrictModel):
     augment: str = "none"
     eval_every: int = Field(default=1, ge=1)
     max_steps_per_epoch: int | None = Field(default=None, ge=1)
+    precision: Literal["fp32", "bf16"] = "fp32"
 
 
 SELECTION_RULES = {

@@ -110,6 +110,7 @@ from shiftlab.io import (
 from shiftlab.methods import create_method, make_hparams
 from shiftlab.methods.fewshot.common import FewShotMethod
 from shiftlab.optim import OptimizerFactory
+from shiftlab.precision import train_autocast
 from shiftlab.seeding import epoch_generator, resolve_device, seed_everything
 from shiftlab.stats import summarize
 
@@ -189,6 +190,7 @@ class FewShotTrain(StrictModel):
         eval_every: evaluate (quickly), log and checkpoint every N iterations (and at the end).
         eval_episodes: episodes per quick evaluation during training.
         channels_last: run convolutions in channels-last memory format (faster on CPU).
+        precision: ``fp32`` or ``bf16`` (autocast of the training steps, :mod:`shiftlab.precision`).
     """
 
     iterations: int = Field(default=2000, ge=0)
@@ -205,6 +207,7 @@ class FewShotTrain(StrictModel):
     eval_every: int = Field(default=500, ge=1)
     eval_episodes: int = Field(default=200, ge=1)
     channels_last: bool = True
+    precision: Literal["fp32", "bf16"] = "fp32"
 
 
 class FewShotEvalSet(StrictModel):
@@ -747,7 +750,9 @@ def _run_seed(recipe: FewShotRecipe, ov: dict[str, Any], data: PreparedData, opt
             sums: dict[str, float] = {}
             for i in range(it, stop):
                 method.set_progress(i / t.iterations)
-                losses = method.update(make_batch(i))
+                batch = make_batch(i)
+                with train_autocast(device, t.precision):
+                    losses = method.update(batch)
                 bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
                 if bad:
                     raise TrainingError(

@@ -47,6 +47,7 @@ from shiftlab.io import (
 from shiftlab.methods import create_method, make_hparams
 from shiftlab.methods.base import Method, TrainableMethod
 from shiftlab.optim import OptimizerFactory
+from shiftlab.precision import train_autocast
 from shiftlab.seeding import epoch_generator, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
@@ -479,7 +480,8 @@ class Experiment:
                     if self.dist is not None:
                         batch = self.dist.shard(batch)
                         self.dist.watch(list(method.optimizers().values()))
-                    losses = method.update(batch)
+                    with train_autocast(device, t.precision):
+                        losses = method.update(batch)
                     bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
                     if bad:
                         raise TrainingError(

@@ -120,8 +120,9 @@ class FewShotMethod(FewShotClassifier, TrainableMethod):
         return x
 
     def embed(self, x: Tensor) -> Tensor:
-        """``x: [B, C, H, W]`` -> embeddings ``[B, D]`` (in the module's current train/eval mode)."""
-        return self.backbone.forward_features(self._prep(x))
+        """``x: [B, C, H, W]`` -> float32 embeddings ``[B, D]`` (in the module's current train/eval
+        mode; under bf16 autocast the backbone runs in bfloat16, distances and losses in float32)."""
+        return self.backbone.forward_features(self._prep(x)).float()
 
     @torch.no_grad()
     def embed_eval(self, x: Tensor, chunk: int = 1024) -> Tensor:

@@ -106,7 +106,7 @@ class ProtoNet(FewShotMethod):
 
     def embed(self, x: Tensor) -> Tensor:
         """``x: [B, C, H, W]`` -> ``[B, D]`` (backbone features, then the projection head)."""
-        return self.projection(self.backbone.forward_features(self._prep(x)))
+        return self.projection(self.backbone.forward_features(self._prep(x))).float()
 
     def logits_from_embeddings(self, support: Tensor, support_y: Tensor, query: Tensor, n_way: int) -> Tensor:
         """Logits ``[Q, N]`` from support ``[N*K, D]`` and query ``[Q, D]`` embeddings."""

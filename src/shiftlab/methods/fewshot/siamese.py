@@ -71,7 +71,7 @@ class SiameseNet(FewShotMethod):
 
     def embed(self, x: Tensor) -> Tensor:
         """``x: [B, C, H, W]`` -> twin embedding ``[B, D]``."""
-        return self.embed_head(self.backbone.forward_features(self._prep(x)))
+        return self.embed_head(self.backbone.forward_features(self._prep(x))).float()
 
     def pair_logits(self, e1: Tensor, e2: Tensor) -> Tensor:
         """Same-class logits for embeddings ``e1: [..., D]`` and ``e2: [..., D]`` -> ``[...]``."""

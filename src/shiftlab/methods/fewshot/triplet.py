@@ -69,7 +69,7 @@ class TripletNet(FewShotMethod):
 
     def embed(self, x: Tensor) -> Tensor:
         """``x: [B, C, H, W]`` -> ``[B, D]`` (unit norm when ``normalize``)."""
-        e = self.backbone.forward_features(self._prep(x))
+        e = self.backbone.forward_features(self._prep(x)).float()
         return F.normalize(e, dim=1) if self.hparams.normalize else e
 
     def logits_from_embeddings(self, support: Tensor, support_y: Tensor, query: Tensor, n_way: int) -> Tensor:
