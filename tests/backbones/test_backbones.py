@@ -381,3 +381,22 @@ def test_resnet18_loads_local_torchvision_weights(tmp_path: Path) -> None:
         DataError, match=r"resnet18-00000000\.pth.*expected SHA-256 starting with 00000000"
     ):
         create_backbone("resnet18", small_input=False, weights_path=str(wrong))
+
+
+def test_conv4_pool_then_relu_equals_relu_then_pool_with_the_same_gradients() -> None:
+    import torch
+    from torch import nn
+
+    from shiftlab.backbones import create_backbone
+
+    torch.manual_seed(0)
+    bb = create_backbone("conv4", in_chans=1, num_classes=0, image_size=28, hidden=8)
+    ref = nn.Sequential(*[m for blk in range(4) for m in (bb.encoder[4 * blk], bb.encoder[4 * blk + 1],
+                                                          nn.ReLU(), nn.MaxPool2d(2))], nn.Flatten(1))
+    x = torch.randn(6, 1, 28, 28)
+    a, b = bb.forward_features(x), ref(x)
+    assert torch.equal(a, b)
+    ga = torch.autograd.grad(a.square().sum(), bb.encoder[0].weight)[0]
+    gb = torch.autograd.grad(ref(x).square().sum(), bb.encoder[0].weight)[0]
+    assert torch.allclose(ga, gb, atol=1e-6)
+    assert [k for k in bb.state_dict() if k.startswith("encoder.")][:2] == ["encoder.0.weight", "encoder.0.bias"]
