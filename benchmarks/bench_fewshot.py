@@ -236,7 +236,7 @@ def merge_rows(new: list[dict[str, Any]], old_path: Path) -> tuple[list[dict[str
         return new, 0
     have = {(r["task"], r["method"]) for r in new}
     kept = [r for r in json.loads(old_path.read_text()).get("rows", [])
-            if (r["task"], r["method"]) not in have and not r.get("peer")]
+            if (r["task"], r["method"]) not in have]
     return new + kept, len(kept)
 
 
@@ -516,8 +516,12 @@ def main() -> None:
     if args.collect:
         from shiftlab.experiment.report import write_benchmark
 
-        rows, kept = merge_rows(collect(args.runs_dir) + collect_seeded(args.runs_dir), args.out)
+        fresh = collect(args.runs_dir) + collect_seeded(args.runs_dir)
         ratios: dict[str, dict[str, Any]] = {}
+        if easy.is_file():
+            erows, ratios, easy_note = easyfsl_rows(json.loads(easy.read_text()))
+            fresh += erows
+        rows, kept = merge_rows(fresh, args.out)
         notes = [
             "Measured on 2 CPU cores shared with other jobs (other engineers' benchmarks ran at the same time), "
             "1 torch thread; seconds are wall-clock and depend on that load. Every row's budget (iterations, "
@@ -549,9 +553,7 @@ def main() -> None:
             if at >= 0:
                 notes.append(str(old["notes"])[at:])
         if easy.is_file():
-            erows, ratios, note = easyfsl_rows(json.loads(easy.read_text()))
-            rows += erows
-            notes.append(f"easyfsl 1.5.0 in benchmarks/.venvs/easyfsl (torch shared with this environment via a .pth); {note}. "
+            notes.append(f"easyfsl 1.5.0 in benchmarks/.venvs/easyfsl (torch shared with this environment via a .pth); {easy_note}. "
                          "easyfsl's PrototypicalNetworks scores with -cdist (Euclidean); ours in the side-by-side with "
                          f"distance={json.loads(easy.read_text())['config'].get('ours_distance', 'euclidean')} "
                          "(l2: the same -cdist; euclidean: Snell et al.'s -cdist^2).")

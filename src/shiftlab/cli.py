@@ -104,7 +104,13 @@ def run(
     )
     ctx = distributed.from_env(device)  # under torchrun
     if ctx is not None:
-        results = run_recipe(recipe, ov, replace(opts, progress=opts.progress and ctx.is_main), parse_seeds(seeds), ctx)
+        try:
+            results = run_recipe(recipe, ov, replace(opts, progress=opts.progress and ctx.is_main),
+                                 parse_seeds(seeds), ctx)
+        except BaseException:
+            ctx.close(wait=False)
+            raise
+        ctx.close()
         if not ctx.is_main:
             return
     elif nproc > 1:

@@ -68,6 +68,16 @@ class Distributed:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def close(self, wait: bool = True) -> None:
+        """Leave the process group: with ``wait``, first a barrier, so that no rank tears its
+        gloo connections down while another still uses them (that aborts the other process:
+        "terminate called without an active exception"); ``wait=False`` after a failure."""
+        if not dist.is_initialized():
+            return
+        if wait:
+            dist.barrier()
+        dist.destroy_process_group()
+
     # ------------------------------------------------------------------ set-up
     def device(self, device: torch.device) -> torch.device:
         """One GPU per process: ``cuda`` becomes ``cuda:<local_rank>``."""
@@ -175,14 +185,12 @@ def _worker(rank: int, world: int, device: str | None, threads: int, fn: Callabl
     if threads > 0:
         torch.set_num_threads(threads)
     ctx = _init(rank, world, rank, device)
+    ok = False
     try:
         fn(ctx)
-        # every rank reaches this point before any tears the group down: a rank that destroys
-        # its gloo pairs while another still talks to them can abort the other process
-        # ("terminate called without an active exception", seen once in five suite runs)
-        dist.barrier()
+        ok = True
     finally:
-        dist.destroy_process_group()
+        ctx.close(wait=ok)
 
 
 def spawn(nproc: int, fn: Callable[[Distributed], None], device: str | None = None, threads: int = 0) -> None:
