@@ -897,8 +897,8 @@ def _eval_overrides(overrides: dict[str, Any] | Sequence[str] | None) -> dict[st
 def _finished_run(run_dir: Path, ov: dict[str, Any]) -> tuple[dict[str, Any], FewShotRecipe, dict[str, Any]]:
     """``(config.yaml, its recipe with the eval overrides, normalised overrides)`` of a finished run."""
     cfg_path, ckpt = run_dir / "config.yaml", run_dir / "checkpoint"
-    if not (run_dir / "metrics.json").is_file() or not ckpt.with_suffix(".json").is_file():
-        raise ShiftlabError(f"{run_dir} is not a finished run (it needs metrics.json and its checkpoint); "
+    if not all(f.is_file() for f in (run_dir / "metrics.json", ckpt.with_suffix(".json"), cfg_path)):
+        raise ShiftlabError(f"{run_dir} is not a finished run (it needs config.yaml, metrics.json and its checkpoint); "
                             "finish it with `shiftlab run RECIPE --resume` first.")
     cfg = yaml.safe_load(cfg_path.read_text())
     if not isinstance(cfg, dict) or cfg.get("kind") != "fewshot":
