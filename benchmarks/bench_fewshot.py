@@ -158,32 +158,36 @@ def _seeded_runs(raw: dict[str, Any], ov: dict[str, Any], seeds: list[int], runs
 
 
 def _seeded_eval(run: Path, eval_ov: dict[str, Any]) -> dict[str, Any]:
-    """The run's ``eval-<id>.json`` for ``eval_ov`` (evaluated once, then read back)."""
-    from shiftlab.config import overrides_id
     from shiftlab.experiment.fewshot_run import evaluate_run
 
-    path = run / f"eval-{overrides_id(eval_ov)}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    return evaluate_run(run, eval_ov, DATA)
+    return evaluate_run(run, eval_ov, DATA, reuse=True)
 
 
 def _seeded_ensemble(runs: list[Path], eval_ov: dict[str, Any]) -> dict[str, Any]:
-    """``evaluate_ensemble`` of ``runs`` (written beside them once, then read back)."""
+    """``evaluate_ensemble`` of ``runs``, written beside them (and read back next time)."""
     from shiftlab.config import overrides_id
     from shiftlab.experiment.fewshot_run import evaluate_ensemble
 
     seeds = "-".join(r.name.removeprefix("seed-") for r in runs)
     path = runs[0].parent / f"ensemble-seeds-{seeds}-{overrides_id(eval_ov)}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    return evaluate_ensemble(runs, path, eval_ov, DATA)
+    return evaluate_ensemble(runs, path, eval_ov, DATA, reuse=True)
+
+
+def _seeded_row(key: str, method: str, vals: list[float], part: str, recipe: str, ov: dict[str, Any],
+                eval_ov: dict[str, Any], ci_over: str | None = None, **extra: Any) -> dict[str, Any]:
+    """One row of :func:`collect_seeded`: mean and 95% CI of ``vals`` (episodes, runs or seeds)."""
+    from shiftlab.stats import summarize
+
+    s = summarize(vals)
+    return {"task": f"{part}:{key}", "method": method, "metric": key.rsplit("/", 1)[-1], "mean": s.mean,
+            "ci95": s.ci95, "n": s.n, "recipe": recipe, "overrides": ov,
+            "eval_overrides": eval_ov if key.endswith("_tta") else {},
+            "ci_over": ci_over or ("Lake's 20 runs" if key.startswith("lake20") else "test episodes"), **extra}
 
 
 def collect_seeded(runs_dir: Path) -> list[dict[str, Any]]:
     """Per-seed rows (95% CI over Lake's runs / episodes) and one row per metric over the seeds
     (mean of the per-seed accuracies, 95% Student-t CI over seeds) for every :data:`SEEDED` entry."""
-    from shiftlab.stats import summarize
 
     rows = []
     for part, recipe, ov, seeds, eval_ov in SEEDED:
@@ -193,49 +197,37 @@ def collect_seeded(runs_dir: Path) -> list[dict[str, Any]]:
             log.info("not run: %s %s %s", part, recipe, ov)
             continue
         label = row_label(ov.get("method.name", raw["method"]["name"]), ov)
+        common = {"part": part, "recipe": recipe, "ov": ov, "eval_ov": eval_ov}
         per_key: dict[str, list[float]] = {}
         for run in done:
             m = json.loads((run / "metrics.json").read_text())
             ev = _seeded_eval(run, eval_ov) if (run / "checkpoint.json").is_file() else {"episodes": {}}
             for key, vals in {**m["episodes"], **{k: v for k, v in ev["episodes"].items() if k.endswith("_tta")}}.items():
-                s = summarize(vals)
-                per_key.setdefault(key, []).append(s.mean)
-                rows.append({
-                    "task": f"{part}:{key}", "method": f"{label} seed {m['seed']}", "metric": key.rsplit("/", 1)[-1],
-                    "mean": s.mean, "ci95": s.ci95, "n": s.n, "seconds": m["seconds"],
-                    "eval_seconds": ev.get("eval_seconds") if key.endswith("_tta") else m.get("eval_seconds"),
-                    "iterations": m.get("iterations"), "recipe": recipe, "overrides": ov,
-                    "eval_overrides": eval_ov if key.endswith("_tta") else {},
-                    "ci_over": "Lake's 20 runs" if key.startswith("lake20") else "test episodes",
-                })
+                per_key.setdefault(key, []).append(sum(vals) / len(vals))
+                rows.append(_seeded_row(key, f"{label} seed {m['seed']}", vals, **common, seconds=m["seconds"],
+                                        eval_seconds=ev.get("eval_seconds") if key.endswith("_tta") else m.get("eval_seconds"),
+                                        iterations=m.get("iterations")))
         if len(done) >= 2:  # the seeds' models as one ensemble (mean log-probability), plain and with eval_ov
             ens = _seeded_ensemble(done, eval_ov)
-            for key, vals in ens["episodes"].items():
-                s = summarize(vals)
-                rows.append({
-                    "task": f"{part}:{key}", "method": f"{label} ensemble of {len(done)} seeds",
-                    "metric": key.rsplit("/", 1)[-1], "mean": s.mean, "ci95": s.ci95, "n": s.n, "seconds": None,
-                    "eval_seconds": ens.get("eval_seconds"), "recipe": recipe, "overrides": ov,
-                    "eval_overrides": eval_ov if key.endswith("_tta") else {},
-                    "ci_over": "Lake's 20 runs" if key.startswith("lake20") else "test episodes",
-                    "combination": ens["combination"],
-                })
-        for key, means in per_key.items():
-            s = summarize(means)
-            rows.append({"task": f"{part}:{key}", "method": f"{label} {len(means)} seeds", "metric": key.rsplit("/", 1)[-1],
-                         "mean": s.mean, "ci95": s.ci95, "n": s.n, "seconds": None, "recipe": recipe,
-                         "overrides": ov, "eval_overrides": eval_ov if key.endswith("_tta") else {},
-                         "ci_over": "seeds (each seed's value is its mean over the test runs/episodes)"})
+            rows += [_seeded_row(key, f"{label} ensemble of {len(done)} seeds", vals, **common, seconds=None,
+                                 eval_seconds=ens.get("eval_seconds"), combination=ens["combination"])
+                     for key, vals in ens["episodes"].items()]
+        rows += [_seeded_row(key, f"{label} {len(means)} seeds", means, **common, seconds=None,
+                             ci_over="seeds (each seed's value is its mean over the test runs/episodes)")
+                 for key, means in per_key.items()]
     return rows
 
 
 def merge_rows(new: list[dict[str, Any]], old_path: Path) -> tuple[list[dict[str, Any]], int]:
     """``new`` plus the rows of the existing JSON at ``old_path`` that ``new`` does not replace
-    (runs measured earlier whose folders are not in this ``--runs-dir``); returns (rows, kept)."""
+    (runs measured earlier whose folders are not in this ``--runs-dir``), each marked with
+    ``carried_over_from`` (the date of the file it was first measured in, kept across later
+    collects); returns (rows, kept)."""
     if not old_path.is_file():
         return new, 0
+    old = json.loads(old_path.read_text())
     have = {(r["task"], r["method"]) for r in new}
-    kept = [r for r in json.loads(old_path.read_text()).get("rows", [])
+    kept = [{"carried_over_from": old.get("date"), **r} for r in old.get("rows", [])
             if (r["task"], r["method"]) not in have]
     return new + kept, len(kept)
 
@@ -535,8 +527,8 @@ def main() -> None:
         old = json.loads(args.out.read_text()) if args.out.is_file() else {}
         if kept:
             notes.append(f"{kept} rows (and, without a fewshot-easyfsl.json in --runs-dir, the easyfsl ratios) are "
-                         f"carried over unchanged from the previous {args.out.name} (written {old.get('date')}): their "
-                         "run folders are not in this --runs-dir. Rows with 'seed k' / 'N seeds' in the method come "
+                         f"carried over unchanged from an earlier {args.out.name} (the date in their 'carried_over_from'): "
+                         "their run folders are not in this --runs-dir. Rows with 'seed k' / 'N seeds' in the method come "
                          "from SEEDED (several seeds; '*_tta' tasks: test-time shifts, evaluated on the trained "
                          "checkpoints without retraining).")
         if any(" seeds" in r["method"] or " seed " in r["method"] for r in rows):

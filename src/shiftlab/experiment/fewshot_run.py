@@ -527,15 +527,12 @@ def evaluate_all(
 ) -> tuple[dict[str, float], dict[str, list[float]]]:
     """All evaluation sets: ``(metrics, per-episode values)``; ``quick`` uses the first way/shot only
     and ``train.eval_episodes`` episodes (during training). With ``eval.tta_shift`` the final
-    (not quick) evaluation runs twice, the second time with test-time shifts (keys ``*_tta``).
-
-    Raises:
-        RecipeError: ``eval.tta_shift`` for a method that adapts per episode (MAML, Reptile).
+    (not quick) evaluation runs twice, the second time with test-time shifts (keys ``*_tta``;
+    :func:`build_method` has refused them for methods that adapt per episode).
     """
     metrics, episodes = _evaluate_sets(method, recipe, data, device, quick)
     px = recipe.eval.tta_shift
     if px and not quick:
-        _check_tta(recipe, method)
         with method.test_time_shift(px):
             m2, e2 = _evaluate_sets(method, recipe, data, device, quick)
         metrics.update({f"{k}_tta": v for k, v in m2.items()})
@@ -813,13 +810,15 @@ def evaluate_run(
     overrides: dict[str, Any] | Sequence[str] | None = None,
     data_dir: str | None = None,
     device: str = "cpu",
+    reuse: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a finished few-shot run's final checkpoint again, with other ``eval.*`` settings
     (more episodes, other sets, ``eval.tta_shift``), without training.
 
     Writes ``<run_dir>/eval-<overrides id>.json`` (atomically; ``metrics.json`` and the
-    checkpoint are not touched) with the metrics and per-episode values, and returns it.
-    With no overrides the result equals the run's own ``metrics.json`` (same episodes).
+    checkpoint are not touched) with the metrics and per-episode values, and returns it
+    (``reuse``: return that file when it exists instead of evaluating again). With no
+    overrides the result equals the run's own ``metrics.json`` (same episodes).
 
     Raises:
         RecipeError: an override outside ``eval.*`` (it would describe another model).
@@ -828,6 +827,9 @@ def evaluate_run(
     run_dir = Path(run_dir)
     ov = _eval_overrides(overrides)
     cfg, recipe, ov = _finished_run(run_dir, ov)
+    out = run_dir / f"eval-{overrides_id(ov)}.json"
+    if reuse and out.is_file():
+        return json.loads(out.read_text())
     t0 = time.perf_counter()
     dev = resolve_device(device)
     data = prepare(recipe, data_dir)
@@ -836,7 +838,7 @@ def evaluate_run(
     result = {"run": str(run_dir), "seed": cfg.get("seed"), "method": recipe.method.name,
               "train_overrides": cfg.get("overrides", {}), "eval_overrides": ov, "metrics": metrics,
               "episodes": episodes, "eval_seconds": round(time.perf_counter() - t0, 3)}
-    atomic_write_json(run_dir / f"eval-{overrides_id(ov)}.json", result)
+    atomic_write_json(out, result)
     return result
 
 
@@ -846,10 +848,12 @@ def evaluate_ensemble(
     overrides: dict[str, Any] | Sequence[str] | None = None,
     data_dir: str | None = None,
     device: str = "cpu",
+    reuse: bool = False,
 ) -> dict[str, Any]:
     """Evaluate the :class:`~shiftlab.methods.fewshot.ensemble.FewShotEnsemble` of finished
     few-shot runs (mean log-probability of the members) on the first run's evaluation sets
-    (with ``eval.*`` overrides); writes ``out`` (JSON, atomically) and returns it.
+    (with ``eval.*`` overrides); writes ``out`` (JSON, atomically) and returns it
+    (``reuse``: return ``out`` when it exists instead of evaluating again).
 
     Raises:
         RecipeError: a non-``eval.*`` override, or runs with different data (``data:``
@@ -861,6 +865,8 @@ def evaluate_ensemble(
     dirs = [Path(d) for d in run_dirs]
     if len(dirs) < 2:
         raise RecipeError("an ensemble needs at least two finished runs")
+    if reuse and Path(out).is_file():
+        return json.loads(Path(out).read_text())
     ov = _eval_overrides(overrides)
     runs = [_finished_run(d, ov) for d in dirs]
     first = runs[0][1]

@@ -32,6 +32,7 @@ from shiftlab.methods.base import FewShotClassifier, TrainableMethod
 from shiftlab.optim import OptimizerFactory
 
 __all__ = [
+    "EmbeddingEvaluation",
     "FewShotMethod",
     "cosine_logits",
     "embed_in_chunks",
@@ -82,7 +83,35 @@ def shift_views(x: Tensor, px: int) -> list[Tensor]:
     return [x, *(torch.roll(x, shifts=s, dims=d) for d in (2, 3) for s in (px, -px))]
 
 
-class FewShotMethod(FewShotClassifier, TrainableMethod):
+class EmbeddingEvaluation:
+    """:meth:`fit_support`, :meth:`predict` and :meth:`similarity` from three pieces the class
+    provides: ``embed_eval(x) -> [B, D]``, ``logits_from_embeddings(support, support_y, query,
+    n_way) -> [Q, N]`` and ``similarity_from_embeddings(e1, e2) -> [B]`` (the metric methods
+    and :class:`~shiftlab.methods.fewshot.ensemble.FewShotEnsemble`)."""
+
+    _support: tuple[Tensor, Tensor, int] | None = None
+
+    def fit_support(self, support_x: Tensor, support_y: Tensor) -> None:
+        """Embed the support ``[N*K, C, H, W]`` (labels ``[N*K]`` in ``[0, N)``) for :meth:`predict`."""
+        self._support = (self.embed_eval(support_x), support_y, int(support_y.max()) + 1)  # type: ignore[attr-defined]
+
+    @torch.no_grad()
+    def predict(self, query_x: Tensor) -> Tensor:
+        """Logits ``[Q, N]`` over the classes of the last :meth:`fit_support`."""
+        if self._support is None:
+            raise RuntimeError("call fit_support(support_x, support_y) before predict(query_x)")
+        emb, y, n_way = self._support
+        return self.logits_from_embeddings(emb, y, self.embed_eval(query_x), n_way)  # type: ignore[attr-defined]
+
+    @torch.no_grad()
+    def similarity(self, x1: Tensor, x2: Tensor) -> Tensor:
+        """Pair similarity ``[B]`` of ``x1, x2: [B, C, H, W]`` (higher: more alike), from the
+        eval-mode embeddings; used for verification accuracy (with a tuned threshold) and
+        triplet distance accuracy."""
+        return self.similarity_from_embeddings(self.embed_eval(x1), self.embed_eval(x2))  # type: ignore[attr-defined]
+
+
+class FewShotMethod(EmbeddingEvaluation, FewShotClassifier, TrainableMethod):
     """Base of the meta-trained few-shot methods (see the module docstring).
 
     Subclasses implement :meth:`update`, and either :meth:`logits_from_embeddings`
@@ -129,10 +158,8 @@ class FewShotMethod(FewShotClassifier, TrainableMethod):
         """Embeddings ``[B, D]`` in eval mode, without gradients, in chunks; inside
         :meth:`test_time_shift` the mean embedding of the image and its shifted copies."""
         self.eval()
-        views = shift_views(x, self.eval_shift)
-        if len(views) == 1:
-            return embed_in_chunks(self.embed, x, chunk)
-        return torch.stack([embed_in_chunks(self.embed, v, chunk) for v in views]).mean(0)
+        embs = [embed_in_chunks(self.embed, v, chunk) for v in shift_views(x, self.eval_shift)]
+        return embs[0] if len(embs) == 1 else torch.stack(embs).mean(0)
 
     @contextmanager
     def test_time_shift(self, px: int) -> Iterator[None]:
@@ -154,30 +181,9 @@ class FewShotMethod(FewShotClassifier, TrainableMethod):
         """Episode logits ``[Q, N]`` from embeddings ``support: [N*K, D]`` and ``query: [Q, D]``."""
         raise NotImplementedError
 
-    def fit_support(self, support_x: Tensor, support_y: Tensor) -> None:
-        """Embed the support ``[N*K, C, H, W]`` (labels ``[N*K]`` in ``[0, N)``) for :meth:`predict`."""
-        n_way = int(support_y.max()) + 1
-        self._support = (self.embed_eval(support_x), support_y, n_way)
-
-    @torch.no_grad()
-    def predict(self, query_x: Tensor) -> Tensor:
-        """Logits ``[Q, N]`` over the classes of the last :meth:`fit_support`."""
-        if self._support is None:
-            raise RuntimeError("call fit_support(support_x, support_y) before predict(query_x)")
-        emb, y, n_way = self._support
-        return self.logits_from_embeddings(emb, y, self.embed_eval(query_x), n_way)
-
-    @torch.no_grad()
-    def similarity(self, x1: Tensor, x2: Tensor) -> Tensor:
-        """Pair similarity ``[B]`` of ``x1, x2: [B, C, H, W]`` (higher: more alike).
-
-        Default: minus the squared Euclidean distance between eval-mode embeddings; used
-        for verification accuracy (with a tuned threshold) and triplet distance accuracy.
-        """
-        return self.similarity_from_embeddings(self.embed_eval(x1), self.embed_eval(x2))
-
     def similarity_from_embeddings(self, e1: Tensor, e2: Tensor) -> Tensor:
-        """Pair similarity ``[B]`` from embeddings ``[B, D]`` (see :meth:`similarity`)."""
+        """Pair similarity ``[B]`` from embeddings ``[B, D]`` (see :meth:`similarity`); default:
+        minus the squared Euclidean distance."""
         return -(e1 - e2).pow(2).sum(1)
 
     def _step(self, loss: Tensor) -> None:

@@ -23,17 +23,18 @@ from contextlib import ExitStack, contextmanager
 import torch
 from torch import Tensor, nn
 
-from shiftlab.methods.fewshot.common import FewShotMethod
+from shiftlab.methods.fewshot.common import EmbeddingEvaluation, FewShotMethod
 
 __all__ = ["FewShotEnsemble"]
 
 
-class FewShotEnsemble(nn.Module):
+class FewShotEnsemble(EmbeddingEvaluation, nn.Module):
     """Mean log-probability of ``members`` (trained metric few-shot methods, ``embeds_independently``).
 
     Shapes: ``embed_eval(x: [B, C, H, W]) -> [B, sum of the members' D]``;
     ``logits_from_embeddings(...) -> [Q, N]`` mean log-probabilities (a valid logit: argmax and
-    softmax are those of the combined prediction).
+    softmax are those of the combined prediction); ``fit_support`` / ``predict`` / ``similarity``
+    come from :class:`~shiftlab.methods.fewshot.common.EmbeddingEvaluation`.
     """
 
     embeds_independently = True
@@ -47,7 +48,6 @@ class FewShotEnsemble(nn.Module):
             raise ValueError(f"ensembles combine metric methods only; {', '.join(bad)} adapt to every episode")
         self.members = nn.ModuleList(members)
         self._dims: list[int] | None = None
-        self._support: tuple[Tensor, Tensor, int] | None = None
 
     @torch.no_grad()
     def embed_eval(self, x: Tensor, chunk: int = 1024) -> Tensor:
@@ -67,28 +67,11 @@ class FewShotEnsemble(nn.Module):
                 for m, s, q in zip(self.members, self._split(support), self._split(query), strict=True)]
         return torch.stack(outs).mean(0)
 
-    def fit_support(self, support_x: Tensor, support_y: Tensor) -> None:
-        """Embed the support ``[N*K, C, H, W]`` (labels in ``[0, N)``) for :meth:`predict`."""
-        self._support = (self.embed_eval(support_x), support_y, int(support_y.max()) + 1)
-
-    @torch.no_grad()
-    def predict(self, query_x: Tensor) -> Tensor:
-        """``[Q, N]`` combined log-probabilities over the classes of the last :meth:`fit_support`."""
-        if self._support is None:
-            raise RuntimeError("call fit_support(support_x, support_y) before predict(query_x)")
-        emb, y, n_way = self._support
-        return self.logits_from_embeddings(emb, y, self.embed_eval(query_x), n_way)
-
     def similarity_from_embeddings(self, e1: Tensor, e2: Tensor) -> Tensor:
         """Mean of the members' pair similarities ``[B]``."""
         parts = [m.similarity_from_embeddings(a, b)
                  for m, a, b in zip(self.members, self._split(e1), self._split(e2), strict=True)]
         return torch.stack(parts).mean(0)
-
-    @torch.no_grad()
-    def similarity(self, x1: Tensor, x2: Tensor) -> Tensor:
-        """Mean of the members' pair similarities of ``x1, x2: [B, C, H, W]``: ``[B]``."""
-        return self.similarity_from_embeddings(self.embed_eval(x1), self.embed_eval(x2))
 
     @contextmanager
     def test_time_shift(self, px: int) -> Iterator[None]:
