@@ -44,6 +44,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 PEER_ENV = REPO / "benchmarks" / ".venvs" / "pytorch_adapt"
+RECIPE = REPO / "recipes" / "uda" / "mnist_to_mnistm.yaml"
 PEER_PACKAGES = ["pytorch-adapt==0.0.83", "torchmetrics==0.9.3", "pytorch-metric-learning==1.6.3",
                  "setuptools<82", "packaging", "tqdm", "scikit-learn", "scipy", "joblib", "threadpoolctl", "numpy"]
 
@@ -150,7 +151,7 @@ def main() -> None:
     }
     if args.max_steps_per_epoch:
         ov["train.max_steps_per_epoch"] = args.max_steps_per_epoch
-    recipe, ov = load_recipe(REPO / "recipes" / "uda" / "mnist_to_mnistm.yaml", ov)
+    recipe, ov = load_recipe(RECIPE, ov)
     data = build_run_data(recipe, args.seed, args.data_dir)
     assert data.target is not None
     eval_key = recipe.data.eval[0].key
@@ -175,7 +176,7 @@ def main() -> None:
 
     ours16 = None
     if not args.no_bf16:  # ours again with bf16 autocast training (evaluation in float32)
-        recipe16, ov16 = load_recipe(REPO / "recipes" / "uda" / "mnist_to_mnistm.yaml", {**ov, "train.precision": "bf16"})
+        recipe16, ov16 = load_recipe(RECIPE, {**ov, "train.precision": "bf16"})
         assert recipe16.train.precision == "bf16"
         exp16 = Experiment(recipe16, ov16,
                            RunOptions(runs_dir=args.runs_dir / "uda-peer", data_dir=args.data_dir,
