@@ -148,6 +148,38 @@ def test_resume_reuses_the_cached_source_model(finished: tuple[Path, dict[str, A
     assert run_recipe(_recipe(), {}, RunOptions(runs_dir=tmp_path, resume=True, progress=False))[0] == again
 
 
+def test_resume_with_an_added_method_runs_only_that_method(finished: tuple[Path, dict[str, Any]],
+                                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runs, metrics = finished
+    import shutil
+
+    shutil.copytree(runs / "tta-test", tmp_path / "tta-test")
+    rec = _recipe()
+    rec["methods"]["shot"] = {"optimizer": {"name": "adam", "lr": 0.001}}
+    ran: list[str] = []
+    real = tta_run.run_protocol
+
+    def counting(method: Any, stream: Any, protocol: str = "online", batch_size: int = 64) -> Any:
+        ran.append(type(method).__name__)
+        return real(method, stream, protocol, batch_size)
+
+    monkeypatch.setattr(tta_run, "run_protocol", counting)
+    again = run_recipe(rec, {}, RunOptions(runs_dir=tmp_path, resume=True, progress=False))[0]
+    # the finished seed ran only the new method (and the source model's clean-accuracy pass)
+    assert set(ran) == {"Shot", "Source"} and ran.count("Source") == 1
+    for k, v in metrics["metrics"].items():
+        assert again["metrics"][k] == pytest.approx(v, abs=1e-9), k
+    assert 0.0 <= again["metrics"]["shot/err"] <= 1.0
+    out = tmp_path / "tta-test" / "default" / "seed-0"
+    assert json.loads((out / "metrics.json").read_text()) == again
+    assert "shot" in (out / "config.yaml").read_text()
+    # changing a method that already ran is still refused
+    rec["methods"]["tent"] = {"optimizer": {"name": "adam", "lr": 0.01}}
+    (out / "metrics.json").unlink()
+    with pytest.raises(RunExists, match="recipe changed"):
+        run_recipe(rec, {}, RunOptions(runs_dir=tmp_path, resume=True, progress=False))
+
+
 def test_source_checkpoint_is_loaded(finished: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     runs, metrics = finished
     rec = _recipe(source={}, norm={})

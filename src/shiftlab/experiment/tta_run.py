@@ -60,6 +60,8 @@ A run writes ``runs/<recipe>/<variant>/seed-<k>/``:
 With ``resume``, a finished seed is kept, and an unfinished one continues: the cached
 source model is loaded and the (method, shift) rows already in ``results.jsonl`` are not
 run again (``continual`` methods write their rows only when their whole stream is done).
+A recipe that only *adds* methods (every earlier method unchanged) resumes too, finished
+seeds included: only the new methods run, and ``metrics.json`` is rewritten with them.
 """
 
 from __future__ import annotations
@@ -697,6 +699,27 @@ def _check_same(path: Path, config: dict[str, Any],
         )
 
 
+def _added_methods(path: Path, config: dict[str, Any]) -> list[str] | None:
+    """The method labels ``config`` adds to the run whose ``config.yaml`` is ``path``, when
+    that is the only change to its methods (every earlier method is still there with the same
+    settings): a resumed run keeps the finished rows and runs only the new methods. ``None``
+    when a method was removed or changed (or the file is unreadable); ``[]`` when the same."""
+    import yaml
+
+    try:
+        old = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("methods") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    new = config.get("methods") or {}
+    if any(k not in new or new[k] != v for k, v in old.items()):
+        return None
+    return [k for k in new if k not in old]
+
+
+def _without_methods(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k != "methods"}
+
+
 def _run_seed(
     recipe: TtaRecipe, ov: dict[str, Any], train: TensorData | None, sets: dict[str, TensorData],
     options: RunOptions, seed: int,
@@ -706,7 +729,11 @@ def _run_seed(
     finished, resuming = open_run_folder(
         out, options, None, "the cached source model and the finished (method, shift) results are kept")
     if finished is not None:
-        return finished
+        if not (options.resume and _added_methods(out / "config.yaml", recipe.model_dump(mode="json"))):
+            return finished
+        log.info("%s is finished, but the recipe adds methods %s: running those", out,
+                 ", ".join(_added_methods(out / "config.yaml", recipe.model_dump(mode="json"))))
+        resuming = True
     t_start = time.perf_counter()
     device = resolve_device(options.device or recipe.device)
     methods = _resolved_methods(recipe)
@@ -718,7 +745,8 @@ def _run_seed(
                      "data_dir": options.data_dir, "versions": versions(), "platform": platform.platform()},
     })
     if resuming:
-        _check_same(out / "config.yaml", config)
+        _check_same(out / "config.yaml", config,
+                    _without_methods if _added_methods(out / "config.yaml", config) is not None else None)
     atomic_write_yaml(out / "config.yaml", config)
 
     num_classes = _num_classes(recipe, train, sets)

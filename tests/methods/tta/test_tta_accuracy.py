@@ -16,6 +16,7 @@ import torch
 
 from shiftlab.backbones.base import Backbone
 from shiftlab.data.tensors import TensorData
+from shiftlab.errors import RecipeError
 from shiftlab.methods import create_method
 from shiftlab.methods.tta import StreamSegment, corruption_stream, run_protocol
 from shiftlab.methods.tta.common import bn_affine_parameters
@@ -46,6 +47,7 @@ def source_acc(source_model: Callable[[], Backbone], contrast5: list[StreamSegme
         ("eata", {}, ADAM, 0.5),
         ("sar", {}, ADAM, 0.5),
         ("cotta", {"hflip": False}, None, 0.4),
+        ("shot", {}, ADAM, 0.5),
     ],
 )
 def test_online_adaptation_beats_source_on_contrast5(
@@ -82,6 +84,21 @@ def test_tent_updates_only_batchnorm_affine_parameters(source_model: Callable[[]
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and changed <= affine_names, changed - affine_names
     assert {n for n, p in tent.backbone.named_parameters() if p.requires_grad} == affine_names
+
+
+def test_shot_updates_everything_but_the_head(source_model: Callable[[], Backbone],
+                                              contrast5: list[StreamSegment]) -> None:
+    shot = create_method("shot", backbone=source_model(), num_classes=10, optimizer=ADAM)
+    before = {k: v.clone() for k, v in shot.backbone.named_parameters()}
+    for i in range(0, 128, 64):
+        shot.forward_and_adapt(contrast5[0].x[i : i + 64])
+    after = dict(shot.backbone.named_parameters())
+    head = {n for n in after if n.startswith("head.")}
+    assert head, "the backbone names its classifier 'head'"
+    for n, p in after.items():
+        assert torch.equal(p, before[n]) == (n in head), n  # the head frozen, every other weight moved
+    with pytest.raises(RecipeError, match="at least 2"):
+        shot.forward_and_adapt(contrast5[0].x[:1])
 
 
 @pytest.mark.parametrize("name", ["tent", "memo", "cotta"])
