@@ -3,7 +3,7 @@
 Source model: see conftest.py (``dann_cnn`` + BatchNorm on the embedded digits, 16x16,
 about 97% clean test accuracy). Shift: ``contrast`` at severity 5 on the 450 test digits
 (seeded). Measured (online, batch 64, 2-core CPU shared with other jobs): source 30.9%,
-norm 96.7%, tent 96.7%, eata 96.7%, sar 96.7%, cotta 89.8%; memo (single point, B = 16,
+norm 96.7%, tent 96.7%, eata 96.7%, sar 96.7%, cotta 89.8%, shot 96.0%; memo (single point, B = 16,
 first 120 test digits) 35.0% vs source 30.8%.
 """
 
