@@ -84,6 +84,11 @@ def test_methods_needing_batchnorm_name_the_cause(name: str) -> None:
         create_method(name, backbone=lenet, num_classes=10, hparams=FAST.get(name, {}))
 
 
+def test_memo_rejects_a_zero_bn_prior_at_construction() -> None:
+    with pytest.raises(RecipeError, match="bn_prior must be > 0"):
+        create_method("memo", backbone=small_bn_cnn(), num_classes=10, hparams={"bn_prior": 0.0})
+
+
 def test_memo_without_bn_prior_runs_on_a_backbone_without_batchnorm() -> None:
     lenet = create_backbone("lenet", in_chans=1, num_classes=10, image_size=SIZE)
     m = create_method("memo", backbone=lenet, num_classes=10,

@@ -82,6 +82,12 @@ class Memo(TtaMethod):
                 f"method 'memo': need n_augmentations >= 2 and steps >= 1, got "
                 f"{hparams.n_augmentations} and {hparams.steps}"
             )
+        if hparams.bn_prior is not None and hparams.bn_prior <= 0:
+            raise RecipeError(
+                f"method 'memo': bn_prior must be > 0 (got {hparams.bn_prior}): the adapted network "
+                "predicts the single test point, whose BatchNorm statistics alone are undefined "
+                "for 1-d layers. Use a small prior (e.g. 1) or `bn_prior: null` (source statistics)."
+            )
         self.bn = None
         if hparams.bn_prior is not None:
             try:
