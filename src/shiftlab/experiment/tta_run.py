@@ -729,10 +729,10 @@ def _run_seed(
     finished, resuming = open_run_folder(
         out, options, None, "the cached source model and the finished (method, shift) results are kept")
     if finished is not None:
-        if not (options.resume and _added_methods(out / "config.yaml", recipe.model_dump(mode="json"))):
+        added = _added_methods(out / "config.yaml", recipe.model_dump(mode="json")) if options.resume else None
+        if not added:
             return finished
-        log.info("%s is finished, but the recipe adds methods %s: running those", out,
-                 ", ".join(_added_methods(out / "config.yaml", recipe.model_dump(mode="json"))))
+        log.info("%s is finished, but the recipe adds methods %s: running those", out, ", ".join(added))
         resuming = True
     t_start = time.perf_counter()
     device = resolve_device(options.device or recipe.device)
