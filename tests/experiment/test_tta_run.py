@@ -113,6 +113,20 @@ def test_report_renders_a_tta_run(finished: tuple[Path, dict[str, Any]], tmp_pat
     assert not [w for w in res.warnings if "unreadable" in w]
 
 
+def _record_protocol_runs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Wrap the runner's ``run_protocol``; the returned list gets the class name of every
+    method it runs."""
+    ran: list[str] = []
+    real = tta_run.run_protocol
+
+    def counting(method: Any, stream: Any, protocol: str = "online", batch_size: int = 64) -> Any:
+        ran.append(type(method).__name__)
+        return real(method, stream, protocol, batch_size)
+
+    monkeypatch.setattr(tta_run, "run_protocol", counting)
+    return ran
+
+
 def test_resume_reuses_the_cached_source_model(finished: tuple[Path, dict[str, Any]], tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     runs, metrics = finished
@@ -131,14 +145,7 @@ def test_resume_reuses_the_cached_source_model(finished: tuple[Path, dict[str, A
         raise AssertionError("the source model was trained again")
 
     monkeypatch.setattr(tta_run, "_train_erm", no_training)
-    ran: list[str] = []
-    real = tta_run.run_protocol
-
-    def counting(method: Any, stream: Any, protocol: str = "online", batch_size: int = 64) -> Any:
-        ran.append(type(method).__name__)
-        return real(method, stream, protocol, batch_size)
-
-    monkeypatch.setattr(tta_run, "run_protocol", counting)
+    ran = _record_protocol_runs(monkeypatch)
     again = run_recipe(_recipe(), {}, RunOptions(runs_dir=tmp_path, resume=True, progress=False))[0]
     assert again["source"]["origin"] == "cached"
     assert "Tent" not in ran  # its rows were kept
@@ -156,14 +163,7 @@ def test_resume_with_an_added_method_runs_only_that_method(finished: tuple[Path,
     shutil.copytree(runs / "tta-test", tmp_path / "tta-test")
     rec = _recipe()
     rec["methods"]["shot"] = {"optimizer": {"name": "adam", "lr": 0.001}}
-    ran: list[str] = []
-    real = tta_run.run_protocol
-
-    def counting(method: Any, stream: Any, protocol: str = "online", batch_size: int = 64) -> Any:
-        ran.append(type(method).__name__)
-        return real(method, stream, protocol, batch_size)
-
-    monkeypatch.setattr(tta_run, "run_protocol", counting)
+    ran = _record_protocol_runs(monkeypatch)
     again = run_recipe(rec, {}, RunOptions(runs_dir=tmp_path, resume=True, progress=False))[0]
     # the finished seed ran only the new method (and the source model's clean-accuracy pass)
     assert set(ran) == {"Shot", "Source"} and ran.count("Source") == 1

@@ -63,7 +63,8 @@ def minimum_class_confusion(logits: Tensor, temperature: float) -> Tensor:
 
 
 def marginal_entropy(logits: Tensor) -> Tensor:
-    """Entropy of the *average* prediction over a batch of views of one input (scalar).
+    """Entropy of the *average* prediction over a batch (scalar): over views of one input
+    (MEMO's objective), or over a batch of inputs (SHOT's diversity term, to be maximised).
 
     ``H(p_bar)`` with ``p_bar = mean_b softmax(logits_b)``, computed in log space
     (``log p_bar = logsumexp_b log_softmax(logits_b) - log B``). The MEMO objective:
