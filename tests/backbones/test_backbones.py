@@ -148,6 +148,26 @@ def test_dann_cnn_sizes() -> None:
     assert m32(torch.rand(2, 3, 32, 32)).shape == (2, 10)
 
 
+def test_ganin_cnn_is_the_papers_mnist_network() -> None:
+    # 3x32x32 -> conv5 28 -> pool 14 -> conv5 10 -> pool 5: trunk 48*5*5 = 1200.
+    # Parameters: conv 3*32*25+32 = 2,432; conv 32*48*25+48 = 38,448; fc 1200*100+100 =
+    # 120,100; fc 100*100+100 = 10,100; head 100*10+10 = 1,010. Total 172,090.
+    m = create_backbone("ganin_cnn", in_chans=3, image_size=32)
+    assert (m.trunk_features, m.num_features, _n_params(m)) == (1200, 100, 172_090)
+    assert [c.out_channels for c in m.modules() if isinstance(c, nn.Conv2d)] == [32, 48]
+    m28 = create_backbone("ganin_cnn", in_chans=1, image_size=28)  # 28 -> 24 -> 12 -> 8 -> 4
+    assert m28.trunk_features == 48 * 4 * 4
+    x = torch.rand(3, 1, 28, 28)
+    assert torch.allclose(m28.features_from_trunk(m28.forward_trunk(x)), m28.forward_features(x))
+    # norm=True: BN2d(32), BN2d(48), 2 x BN1d(100) = 2*(32+48+100+100) = 560 more parameters
+    bn = create_backbone("ganin_cnn", in_chans=3, image_size=32, norm=True)
+    assert _n_params(bn) == 172_090 + 560
+    kinds = [type(x) for x in bn.modules()]
+    assert kinds.count(nn.BatchNorm2d) == 2 and kinds.count(nn.BatchNorm1d) == 2
+    with pytest.raises(RecipeError, match="too small"):
+        create_backbone("ganin_cnn", image_size=12)
+
+
 def test_dann_cnn_norm_has_batchnorm_everywhere() -> None:
     m = create_backbone("dann_cnn", norm=True)
     kinds = [type(x) for x in m.modules()]

@@ -1,4 +1,4 @@
-"""Small backbones for digits, Omniglot and mini-ImageNet: ``dann_cnn``, ``lenet``, ``conv4``, ``mlp``.
+"""Small backbones for digits, Omniglot and mini-ImageNet: ``ganin_cnn``, ``dann_cnn``, ``lenet``, ``conv4``, ``mlp``.
 
 Each factory takes keyword-only ``in_chans``, ``num_classes`` and ``image_size`` plus its own
 documented options, and returns a :class:`~shiftlab.backbones.base.Backbone` whose
@@ -17,7 +17,7 @@ from shiftlab.backbones import BACKBONES
 from shiftlab.backbones.base import Backbone
 from shiftlab.errors import RecipeError
 
-__all__ = ["DannCNN", "LeNet5", "Conv4", "MLP", "dann_cnn", "lenet", "conv4", "mlp"]
+__all__ = ["GaninCNN", "DannCNN", "LeNet5", "Conv4", "MLP", "ganin_cnn", "dann_cnn", "lenet", "conv4", "mlp"]
 
 
 def _check_positive(name: str, **values: int) -> None:
@@ -58,6 +58,81 @@ def _flat_features(name: str, body: nn.Module, in_chans: int, image_size: int) -
     if width == 0:
         raise RecipeError(f"Backbone {name!r}: image_size={image_size} leaves no features.")
     return width
+
+
+class GaninCNN(Backbone):
+    """The MNIST network of the DANN paper (Ganin & Lempitsky 2015, Ganin et al. 2016, Fig. 4).
+
+    ``Conv(C, 32, 5) - ReLU - MaxPool 2 - Conv(32, 48, 5) - ReLU - MaxPool 2 - flatten``
+    is the feature extractor (the trunk, where the paper's gradient reversal layer and domain
+    classifier attach); ``Linear(flat, 100) - ReLU - Linear(100, 100) - ReLU`` gives the
+    features and the head ``Linear(100, num_classes)`` is the label predictor's last layer.
+    With ``norm=True`` a BatchNorm follows each convolution and hidden linear layer (before
+    the ReLU), for methods that need batch statistics (AdaMatch's logit interpolation, Tent).
+
+    It costs about a sixth of :class:`DannCNN`'s multiply-adds (5.8 M vs 33 M per 3x32x32
+    image: the second convolution runs on the pooled 14x14 map with 48 instead of 64
+    filters), which is what makes 40-epoch MNIST -> MNIST-M runs fit on a CPU.
+
+    Shapes: ``x: [B, C, H, W]`` -> trunk ``[B, 48 * s * s]`` (``s = ((H - 4) // 2 - 4) // 2``:
+    768 for 28x28, 1200 for 32x32) -> features ``[B, 100]`` -> logits ``[B, num_classes]``.
+
+    References:
+        Ganin & Lempitsky, "Unsupervised Domain Adaptation by Backpropagation", ICML 2015;
+        Ganin et al., "Domain-Adversarial Training of Neural Networks", JMLR 2016 (Sec. 5.2.2:
+        76.66% on MNIST -> MNIST-M with this network, 52.25% source only).
+    """
+
+    def __init__(self, in_chans: int, num_classes: int, image_size: int, hidden: int, norm: bool) -> None:
+        super().__init__()
+        self.in_chans = in_chans
+        self.image_size = image_size
+
+        def bn(c: int, dims: int) -> nn.Module:
+            if not norm:
+                return nn.Identity()
+            return nn.BatchNorm2d(c) if dims == 2 else nn.BatchNorm1d(c)
+
+        self.conv = nn.Sequential(
+            nn.Conv2d(in_chans, 32, kernel_size=5),
+            bn(32, 2),
+            nn.MaxPool2d(2),
+            nn.ReLU(inplace=True),  # pool-then-ReLU: the same function, a quarter of the work
+            nn.Conv2d(32, 48, kernel_size=5),
+            bn(48, 2),
+            nn.MaxPool2d(2),
+            nn.ReLU(inplace=True),
+            nn.Flatten(1),
+        )
+        flat = _flat_features("ganin_cnn", self.conv, in_chans, image_size)
+        self.fc = nn.Sequential(
+            nn.Linear(flat, hidden),
+            bn(hidden, 1),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden),
+            bn(hidden, 1),
+            nn.ReLU(inplace=True),
+        )
+        self.num_features = hidden
+        self._trunk_features = flat
+        self.reset_head(num_classes)
+
+    @property
+    def trunk_features(self) -> int:
+        """Flattened convolutional output width (768 for 28x28 input, 1200 for 32x32)."""
+        return self._trunk_features
+
+    def forward_trunk(self, x: Tensor) -> Tensor:
+        """``x: [B, C, H, W]`` -> flattened conv features ``[B, trunk_features]``."""
+        return self.conv(x)
+
+    def features_from_trunk(self, t: Tensor) -> Tensor:
+        """``[B, trunk_features]`` -> ``[B, hidden]``."""
+        return self.fc(t)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``x: [B, C, H, W]`` float -> ``[B, hidden]``."""
+        return self.fc(self.conv(x))
 
 
 class DannCNN(Backbone):
@@ -247,6 +322,33 @@ class MLP(Backbone):
     def forward_features(self, x: Tensor) -> Tensor:
         """``x: [B, C, H, W]`` (or ``[B, C*H*W]``) float -> ``[B, num_features]``."""
         return self.layers(x)
+
+
+@BACKBONES.register(
+    "ganin_cnn",
+    summary="the DANN paper's MNIST CNN (conv 32/48 5x5 + pools, FC 100/100); ~1/6 of dann_cnn's cost",
+    paper="Ganin & Lempitsky, ICML 2015 / Ganin et al., 'Domain-Adversarial Training of Neural Networks', JMLR 2016",
+)
+def ganin_cnn(
+    *,
+    in_chans: int = 3,
+    num_classes: int = 10,
+    image_size: int = 28,
+    hidden: int = 100,
+    norm: bool = False,
+) -> GaninCNN:
+    """The DANN paper's MNIST network (see :class:`GaninCNN`).
+
+    Args:
+        in_chans: input channels (3: MNIST is repeated to RGB to match MNIST-M).
+        num_classes: head outputs (0: no head, the model returns features).
+        image_size: square input side (28 or 32; anything >= 16 works).
+        hidden: width of the two hidden linear layers = ``num_features`` (paper: 100).
+        norm: add BatchNorm after each convolution and hidden linear layer.
+    """
+    _check_classes("ganin_cnn", num_classes)
+    _check_positive("ganin_cnn", in_chans=in_chans, image_size=image_size, hidden=hidden)
+    return GaninCNN(in_chans, num_classes, image_size, hidden, bool(norm))
 
 
 @BACKBONES.register(

@@ -118,3 +118,46 @@ def test_dann_discriminator_dropout_is_a_hyper_parameter() -> None:
     method.train()
     x = torch.rand(6, 128)
     assert torch.equal(method.discriminator(x), method.discriminator(x))  # no dropout noise
+
+
+def test_dann_discriminator_depth_is_a_hyper_parameter() -> None:
+    """``disc_layers=1`` is Ganin et al.'s MNIST domain classifier: trunk -> 100 -> 1."""
+    from shiftlab.methods import make_hparams
+
+    backbone = create_backbone("ganin_cnn", in_chans=3, num_classes=10, image_size=28)
+    hp = make_hparams("dann", {"disc_hidden": 100, "disc_layers": 1})
+    method = create_method("dann", backbone=backbone, num_classes=10, hparams=hp)
+    linears = [m for m in method.discriminator.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(768, 100), (100, 1)]
+    with pytest.raises(RecipeError, match="at least one hidden layer"):
+        create_method("dann", backbone=backbone, num_classes=10, hparams=make_hparams("dann", {"disc_layers": 0}))
+
+
+@pytest.mark.parametrize("name", ["dann", "cdan", "mcc"])
+def test_separate_domain_forward_normalises_each_domain_by_its_own_statistics(name: str) -> None:
+    """``domain_forward='separate'`` changes nothing without BatchNorm and, with BatchNorm,
+    gives each domain's rows the outputs of a pass over that domain alone."""
+    from shiftlab.methods import make_hparams
+
+    batch = _pair(b=6)
+    batch = DomainPair(batch.source, batch.target_x * 3.0 + 1.0)  # a target with other moments
+    for norm in (False, True):
+        outs = {}
+        for mode in ("joint", "separate"):
+            torch.manual_seed(0)
+            backbone = create_backbone("ganin_cnn", in_chans=3, num_classes=10, image_size=28, norm=norm)
+            method = create_method(name, backbone=backbone, num_classes=10,
+                                   hparams=make_hparams(name, {"domain_forward": mode}))
+            method.train()
+            backbone.fc.apply(lambda m: m.eval() if isinstance(m, torch.nn.Dropout) else None)
+            outs[mode] = method.trunk_features_and_logits(batch)[2]
+        if norm:
+            assert not torch.allclose(outs["joint"], outs["separate"], atol=1e-3)
+            torch.manual_seed(0)
+            alone = create_backbone("ganin_cnn", in_chans=3, num_classes=10, image_size=28, norm=True).train()
+            assert torch.allclose(outs["separate"][6:], alone(batch.target_x), atol=1e-5)
+        else:
+            assert torch.allclose(outs["joint"], outs["separate"], atol=1e-5)
+    with pytest.raises(RecipeError, match="domain_forward"):
+        create_method(name, backbone=create_backbone("ganin_cnn", in_chans=3, num_classes=10, image_size=28),
+                      num_classes=10, hparams=make_hparams(name, {"domain_forward": "both"}))

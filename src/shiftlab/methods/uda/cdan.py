@@ -33,6 +33,9 @@ class CdanHparams:
         lambda_schedule: ``ganin`` ramp of the reversal coefficient or ``constant``.
         gamma: steepness of the ramp.
         disc_hidden: width of the discriminator's hidden layers (paper: 1024).
+        domain_forward: ``joint`` (one forward pass over source and target) or ``separate``
+            (one pass per domain, so BatchNorm layers normalise each domain by its own batch
+            statistics in training); see :class:`~shiftlab.methods.uda.dann.DannHparams`.
         lr_schedule: ``constant``, ``dann`` or ``cosine``.
     """
 
@@ -41,6 +44,7 @@ class CdanHparams:
     lambda_schedule: str = "ganin"
     gamma: float = 10.0
     disc_hidden: int = 1024
+    domain_forward: str = "joint"
     lr_schedule: str = "constant"
 
 

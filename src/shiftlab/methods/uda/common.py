@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from shiftlab.backbones.base import Backbone
 from shiftlab.batches import DomainPair
+from shiftlab.errors import RecipeError
 from shiftlab.methods.base import TrainableMethod
 from shiftlab.optim import OptimizerFactory
 
@@ -75,22 +76,25 @@ def grl_coefficient(progress: float, schedule: str, gamma: float = 10.0, max_val
 
 
 class DomainDiscriminator(nn.Module):
-    """MLP ``in_features -> hidden -> hidden -> 1`` (ReLU, dropout 0.5) giving a domain logit.
+    """MLP ``in_features -> hidden (x layers) -> 1`` (ReLU, dropout) giving a domain logit.
+
+    ``layers=2`` (the default) is the ``in -> hidden -> hidden -> 1`` discriminator of Ganin
+    et al.'s Office experiments; ``layers=1`` is their MNIST domain classifier
+    (``in -> 100 -> 1``).
 
     Shapes: ``[B, in_features] -> [B]`` (logit of "comes from the source").
     """
 
-    def __init__(self, in_features: int, hidden: int, dropout: float = 0.5) -> None:
+    def __init__(self, in_features: int, hidden: int, dropout: float = 0.5, layers: int = 2) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(in_features, hidden),
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
-            nn.Linear(hidden, hidden),
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
-            nn.Linear(hidden, 1),
-        )
+        if layers < 1:
+            raise RecipeError(f"The domain discriminator needs at least one hidden layer, got layers={layers}.")
+        mods: list[nn.Module] = []
+        width = in_features
+        for _ in range(layers):
+            mods += [nn.Linear(width, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+            width = hidden
+        self.net = nn.Sequential(*mods, nn.Linear(width, 1))
 
     def forward(self, f: Tensor) -> Tensor:
         return self.net(f).squeeze(1)
@@ -125,6 +129,9 @@ class UdaMethod(TrainableMethod):
     def __init__(self, backbone: Backbone, num_classes: int, hparams: Any, optimizer: OptimizerFactory) -> None:
         super().__init__(backbone, num_classes, hparams, optimizer)
         self.lr_schedule = getattr(hparams, "lr_schedule", "constant")
+        self.domain_forward = getattr(hparams, "domain_forward", "joint")
+        if self.domain_forward not in ("joint", "separate"):
+            raise RecipeError(f"domain_forward must be joint or separate, got {self.domain_forward!r}.")
 
     def features_and_logits(self, batch: DomainPair) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """One pass over source and target together.
@@ -137,13 +144,23 @@ class UdaMethod(TrainableMethod):
         return f[:b], f[b:], logits[:b], logits[b:]
 
     def trunk_features_and_logits(self, batch: DomainPair) -> tuple[Tensor, Tensor, Tensor]:
-        """One pass over source and target together, keeping every stage.
+        """The pass over source and target (one joint pass, or one per domain when the
+        method's ``domain_forward`` is ``separate``), keeping every stage.
 
         Returns:
             ``(trunk [B + B', trunk_features], features [B + B', D], logits [B + B', C])``,
             source rows first (the trunk is e.g. the flattened convolutions).
         """
-        t = self.backbone.forward_trunk(torch.cat([batch.source.x, batch.target_x]))
+        if self.domain_forward == "separate":
+            # one pass per domain: BatchNorm layers normalise each domain by its own batch
+            # statistics during training (their running averages mix both domains)
+            parts = [self._trunk_features_logits(x) for x in (batch.source.x, batch.target_x)]
+            t, f, logits = (torch.cat(z) for z in zip(*parts, strict=True))
+            return t, f, logits
+        return self._trunk_features_logits(torch.cat([batch.source.x, batch.target_x]))
+
+    def _trunk_features_logits(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        t = self.backbone.forward_trunk(x)
         f = self.backbone.features_from_trunk(t)
         return t, f, self.backbone.head(f)
 

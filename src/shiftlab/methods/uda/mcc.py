@@ -21,11 +21,15 @@ class MccHparams:
     Attributes:
         trade_off: weight of the class-confusion loss (paper: 1.0).
         temperature: probability rescaling T (paper: 2.5 on Office, 3 on VisDA/digits).
+        domain_forward: ``joint`` (one forward pass over source and target) or ``separate``
+            (one pass per domain, so BatchNorm layers normalise each domain by its own batch
+            statistics in training); see :class:`~shiftlab.methods.uda.dann.DannHparams`.
         lr_schedule: ``constant``, ``dann`` or ``cosine``.
     """
 
     trade_off: float = 1.0
     temperature: float = 2.5
+    domain_forward: str = "joint"
     lr_schedule: str = "constant"
 
 

@@ -36,7 +36,7 @@ class MiAlignHparams(DannHparams):
             study) or ``current`` (the model being trained, in eval mode).
 
     The DANN fields (``trade_off``, ``lambda_schedule``, ``gamma``, ``disc_hidden``,
-    ``disc_input``, ``disc_dropout``, ``lr_schedule``) are :class:`~shiftlab.methods.uda.dann.DannHparams`'
+    ``disc_input``, ``disc_dropout``, ``disc_layers``, ``lr_schedule``) are :class:`~shiftlab.methods.uda.dann.DannHparams`'
     and act in both stages; the ``ganin`` ramp of lambda runs over stage 1, then stays 1.
     """
 
