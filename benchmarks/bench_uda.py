@@ -44,11 +44,16 @@ SPECIAL = {
 BATCHNORM_METHODS = {"adamatch"}  # random logit interpolation needs BatchNorm statistics
 
 
-def method_overrides(task: str, method: str, recipe_epochs: int) -> dict[str, Any]:
+def method_overrides(task: str, method: str, recipe_epochs: int,
+                     recipe_hparams: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Overrides that turn a task's recipe into ``method``'s run; ``recipe_hparams`` are the
+    recipe's ``method_hparams[method]`` (a stage split given there is kept)."""
     ov: dict[str, Any] = {"method.name": method}
+    hp = recipe_hparams or {}
     if method in BATCHNORM_METHODS:
         ov["backbone.args.norm"] = True
-    if method == "mi_align" and (task, method) not in SPECIAL:
+    given = hp.get("dann_epochs", 0) + hp.get("mi_epochs", 0) == recipe_epochs
+    if method == "mi_align" and (task, method) not in SPECIAL and not given:
         half = recipe_epochs // 2
         ov["method.hparams.dann_epochs"] = half
         ov["method.hparams.mi_epochs"] = recipe_epochs - half
@@ -74,7 +79,8 @@ def main() -> None:
         for method in args.methods.split(","):
             path = REPO / "recipes" / "uda" / SPECIAL.get((task, method), TASKS[task])
             base, _ = load_recipe(path, common)
-            ov = {**common, **method_overrides(task, method, base.train.epochs)}
+            ov = {**common, **method_overrides(task, method, base.train.epochs,
+                                               base.method_hparams.get(method))}
             if (task, method) in SPECIAL:
                 ov.pop("method.name")
             recipe, ov = load_recipe(path, ov)
@@ -101,8 +107,8 @@ def main() -> None:
                "training or selection (fixed schedule: the last epoch). 'seconds' = mean training seconds "
                f"per seed (evaluation excluded). Total wall {time.perf_counter() - t_all:.0f} s. "
                f"Overrides for every recipe: {common or 'none'}; adamatch runs dann_cnn with BatchNorm "
-               "(norm=true); mi_align splits the recipe's epochs in two equal stages unless it has its "
-               "own recipe."),
+               "(norm=true); mi_align splits the recipe's epochs in two equal stages unless its own "
+               "recipe or the recipe's method_hparams give the split."),
     )
     print("wrote", args.out)
 
