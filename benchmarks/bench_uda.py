@@ -3,8 +3,10 @@
 Runs the recipes of ``recipes/uda/`` through the engine (run folders under
 ``benchmarks/runs/``, so an interrupted benchmark continues with ``--resume`` semantics:
 finished seeds are kept) and writes ``benchmarks/results/uda.json`` with one row per
-(task, method): target accuracy (the recipe's first evaluation set, never used for
-selection) mean and 95% Student-t CI over seeds, and training seconds per seed.
+(task, method, evaluation set): accuracy (the recipe's first evaluation set is the target
+metric, never used for selection), mean and 95% Student-t CI over seeds, and training seconds
+per seed. Rows of (task, method) pairs this invocation did not run are kept from the file,
+so tables grow over several invocations; each row names the command that produced it.
 
 Usage::
 
@@ -18,6 +20,7 @@ look; then the JSON says so in its command and notes).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -92,6 +95,7 @@ def main() -> None:
                 s = summarize([r["metrics"][key] for r in results])
                 rows.append({
                     "task": f"{task}: {key.removesuffix('/acc')}" + (" (target)" if key == target_key else ""),
+                    "task_key": task,
                     "method": method, "metric": "accuracy", "mean": s.mean,
                     "ci95": None if s.n < 2 else s.ci95, "n": s.n,
                     "seconds": sum(r["seconds"] for r in results) / len(results),
@@ -101,8 +105,16 @@ def main() -> None:
                 })
                 print(f"{task:16s} {method:12s} {key:28s} {100 * s.mean:6.2f} ± "
                       f"{100 * s.ci95 if s.n > 1 else float('nan'):5.2f} (n={s.n})", flush=True)
+    cmd = " ".join(["python", *sys.argv])
+    for r in rows:
+        r["command"] = cmd
+    done = {(r["task_key"], r["method"]) for r in rows}
+    out = Path(args.out)
+    if out.is_file():  # rows of other (task, method) pairs from earlier invocations are kept
+        earlier = json.loads(out.read_text(encoding="utf-8")).get("rows", [])
+        rows = [r for r in earlier if (r.get("task_key"), r.get("method")) not in done] + rows
     write_benchmark(
-        args.out, "uda", " ".join(["python", *sys.argv]), rows,
+        args.out, "uda", cmd, rows,
         notes=("Target accuracy = the recipe's first evaluation set; target labels are never used for "
                "training or selection (fixed schedule: the last epoch). 'seconds' = mean training seconds "
                f"per seed (evaluation excluded). Total wall {time.perf_counter() - t_all:.0f} s. "
