@@ -14,7 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from shiftlab.experiment.lock import RunLocked, lock_path, read_lock, run_lock
+from shiftlab.experiment.lock import (
+    RunLocked,
+    _is_stale,
+    _process_start,
+    _start_ticks,
+    lock_path,
+    read_lock,
+    run_lock,
+)
 
 
 def _write_lock(out: Path, **owner: object) -> Path:
@@ -78,11 +86,19 @@ def test_an_owner_on_another_host_is_reported_not_broken(tmp_path: Path) -> None
     "dead pid",
     pytest.param("reused pid", marks=pytest.mark.skipif(not Path("/proc/self/stat").exists(),
                                                        reason="process start times are read from Linux /proc")),
+    pytest.param("other start ticks", marks=pytest.mark.skipif(not Path("/proc/self/stat").exists(),
+                                                              reason="start ticks are read from Linux /proc")),
 ])
 def test_a_stale_lock_is_reported_and_taken_over(tmp_path: Path, caplog: pytest.LogCaptureFixture, why: str) -> None:
     out = tmp_path / "seed-0"
     # reused pid: a live process (our parent) that started long after the lock was written
-    path = _write_lock(out, pid=_dead_pid()) if why == "dead pid" else _write_lock(out, time=1.0e9)
+    # (an old-style lock without start_ticks), or whose start ticks differ from the owner's
+    if why == "dead pid":
+        path = _write_lock(out, pid=_dead_pid())
+    elif why == "reused pid":
+        path = _write_lock(out, time=1.0e9)
+    else:
+        path = _write_lock(out, start_ticks=_start_ticks(os.getppid()) + 1)
     with caplog.at_level(logging.WARNING, logger="shiftlab.experiment.lock"), run_lock(out):
         assert read_lock(path)["pid"] == os.getpid()  # type: ignore[index]
     assert "stale lock" in caplog.text and str(path) in caplog.text
@@ -114,3 +130,18 @@ def test_an_unreadable_lock_is_reported_not_broken(tmp_path: Path) -> None:
     with pytest.raises(RunLocked, match="unreadable"), run_lock(out):
         pass
     assert path.read_text() == "{not json"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="start ticks are read from Linux /proc")
+def test_a_live_owner_stays_the_owner_when_the_wall_clock_was_stepped(tmp_path: Path) -> None:
+    """A lock whose recorded time is later than its (live) owner's btime-based start, as
+    after a clock step, is not stale: the owner is recognised by its start ticks; an old-style
+    lock (no start ticks) has a wall-clock slack."""
+    owner = {"host": socket.gethostname(), "pid": os.getppid()}
+    ticks = _start_ticks(os.getppid())
+    assert not _is_stale({**owner, "time": 1.0, "start_ticks": ticks}, socket.gethostname())[0]
+    started = _process_start(os.getppid())
+    assert started is not None
+    assert not _is_stale({**owner, "time": started - 10.0}, socket.gethostname())[0]
+    with run_lock(tmp_path / "seed-0"):
+        assert read_lock(lock_path(tmp_path / "seed-0"))["start_ticks"] == _start_ticks(os.getpid())  # type: ignore[index]

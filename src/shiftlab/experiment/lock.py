@@ -80,16 +80,32 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _process_start(pid: int) -> float | None:
-    """Unix time a process started (Linux ``/proc``; ``None`` elsewhere)."""
+def _start_ticks(pid: int) -> int | None:
+    """Clock ticks after boot at which process ``pid`` started (Linux ``/proc``; ``None``
+    elsewhere). Unlike wall-clock times it never moves when the system clock is stepped."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-        ticks = int(stat.rsplit(")", 1)[1].split()[19])
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _process_start(pid: int) -> float | None:
+    """Unix time a process started, from ``btime`` + its start ticks (``None`` off Linux).
+    Only approximate: ``btime`` drifts when the wall clock is stepped (seconds on VMs)."""
+    ticks = _start_ticks(pid)
+    try:
         boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
                     if line.startswith("btime "))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, StopIteration):
         return None
+    return None if ticks is None else boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+# Locks written before ``start_ticks`` was recorded are compared by wall-clock time; the
+# slack covers a stepped clock (a lock taken at 15:40:20 by a process whose btime-based start
+# read 15:40:30 was once wrongly declared stale and its run was entered by a second process).
+WALL_CLOCK_SLACK_S = 600.0
 
 
 def _is_stale(owner: dict[str, Any], host: str) -> tuple[bool, str]:
@@ -99,8 +115,14 @@ def _is_stale(owner: dict[str, Any], host: str) -> tuple[bool, str]:
     pid = int(owner.get("pid", -1))
     if not _pid_alive(pid):
         return True, f"process {pid} is not running"
+    recorded = owner.get("start_ticks")
+    if isinstance(recorded, int):
+        now = _start_ticks(pid)
+        if now is not None and now != recorded:
+            return True, f"pid {pid} now belongs to another process (started at another time than the lock's owner)"
+        return False, ""
     started = _process_start(pid)
-    if started is not None and started > float(owner.get("time", 0)) + 1.0:
+    if started is not None and started > float(owner.get("time", 0)) + WALL_CLOCK_SLACK_S:
         return True, f"pid {pid} now belongs to a process started after the lock was taken"
     return False, ""
 
@@ -145,7 +167,8 @@ def run_lock(out: Path) -> Iterator[Path]:
     path = lock_path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     host = socket.gethostname()
-    me = {"host": host, "pid": os.getpid(), "time": time.time(), "command": " ".join(sys.argv)[:500]}
+    me = {"host": host, "pid": os.getpid(), "time": time.time(), "start_ticks": _start_ticks(os.getpid()),
+          "command": " ".join(sys.argv)[:500]}
     for _attempt in range(60):  # up to ~12 s while a lock file is being written
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
