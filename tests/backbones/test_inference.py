@@ -63,20 +63,34 @@ def test_eager_backend_is_honoured() -> None:
 
 def test_the_trace_is_faster_than_eager_for_lenet() -> None:
     """The reason the scorer exists: at 128 images per batch the trace is at least 1.5x faster
-    (about 3x measured on this machine), timed in the same process, best of three."""
+    (about 3x measured on this machine), timed in the same process, interleaved, best of five, on one
+    intra-op thread (two threads made the ratio erratic when another process held a core:
+    one failure in six runs at 1.0x)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _time_trace_against_eager()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _time_trace_against_eager() -> None:
     torch.manual_seed(0)
     model = create_backbone("lenet", in_chans=1, num_classes=10, image_size=28)
     x = torch.rand(2048, 1, 28, 28)
 
-    def best(run) -> float:  # noqa: ANN001
-        run(x[:128])
-        times = []
-        for _ in range(3):
-            t = time.perf_counter()
-            for i in range(0, len(x), 128):
-                run(x[i:i + 128])
-            times.append(time.perf_counter() - t)
-        return min(times)
+    def one_pass(run) -> float:  # noqa: ANN001
+        t = time.perf_counter()
+        for i in range(0, len(x), 128):
+            run(x[i:i + 128])
+        return time.perf_counter() - t
 
-    eager, fast = best(inference_forward(model, "eager")), best(inference_forward(model))
+    runs = {"eager": inference_forward(model, "eager"), "traced": inference_forward(model)}
+    for run in runs.values():
+        run(x[:128])
+    best = {k: float("inf") for k in runs}
+    for _ in range(5):  # interleaved, so a busy spell of the machine hits both sides
+        for k, run in runs.items():
+            best[k] = min(best[k], one_pass(run))
+    eager, fast = best["eager"], best["traced"]
     assert eager / fast > 1.5, f"eager {eager:.3f}s, traced {fast:.3f}s"
