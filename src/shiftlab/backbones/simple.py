@@ -60,7 +60,34 @@ def _flat_features(name: str, body: nn.Module, in_chans: int, image_size: int) -
     return width
 
 
-class GaninCNN(Backbone):
+class _ConvThenFC(Backbone):
+    """Shared shape of :class:`GaninCNN` and :class:`DannCNN`: ``self.conv`` (ending in a
+    flatten) is the trunk, ``self.fc`` maps it to the features; subclasses set both and
+    ``_trunk_features``."""
+
+    conv: nn.Sequential
+    fc: nn.Sequential
+    _trunk_features: int
+
+    @property
+    def trunk_features(self) -> int:
+        """Flattened convolutional output width."""
+        return self._trunk_features
+
+    def forward_trunk(self, x: Tensor) -> Tensor:
+        """``x: [B, C, H, W]`` -> flattened conv features ``[B, trunk_features]``."""
+        return self.conv(x)
+
+    def features_from_trunk(self, t: Tensor) -> Tensor:
+        """``[B, trunk_features]`` -> ``[B, hidden]``."""
+        return self.fc(t)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``x: [B, C, H, W]`` float -> ``[B, hidden]``."""
+        return self.fc(self.conv(x))
+
+
+class GaninCNN(_ConvThenFC):
     """The MNIST network of the DANN paper (Ganin & Lempitsky 2015, Ganin et al. 2016, Fig. 4).
 
     ``Conv(C, 32, 5) - ReLU - MaxPool 2 - Conv(32, 48, 5) - ReLU - MaxPool 2 - flatten``
@@ -117,25 +144,8 @@ class GaninCNN(Backbone):
         self._trunk_features = flat
         self.reset_head(num_classes)
 
-    @property
-    def trunk_features(self) -> int:
-        """Flattened convolutional output width (768 for 28x28 input, 1200 for 32x32)."""
-        return self._trunk_features
 
-    def forward_trunk(self, x: Tensor) -> Tensor:
-        """``x: [B, C, H, W]`` -> flattened conv features ``[B, trunk_features]``."""
-        return self.conv(x)
-
-    def features_from_trunk(self, t: Tensor) -> Tensor:
-        """``[B, trunk_features]`` -> ``[B, hidden]``."""
-        return self.fc(t)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        """``x: [B, C, H, W]`` float -> ``[B, hidden]``."""
-        return self.fc(self.conv(x))
-
-
-class DannCNN(Backbone):
+class DannCNN(_ConvThenFC):
     """The two-conv CNN of the MNIST -> MNIST-M domain-adaptation study.
 
     ``Conv(C, 32, 5) - ReLU - Conv(32, 64, 5) - ReLU - MaxPool 2 - Dropout 0.25 - flatten -
@@ -192,23 +202,6 @@ class DannCNN(Backbone):
         self.num_features = hidden
         self._trunk_features = flat
         self.reset_head(num_classes)
-
-    @property
-    def trunk_features(self) -> int:
-        """Flattened convolutional output width (6400 for 28x28 input, 9216 for 32x32)."""
-        return self._trunk_features
-
-    def forward_trunk(self, x: Tensor) -> Tensor:
-        """``x: [B, C, H, W]`` -> flattened conv features ``[B, trunk_features]``."""
-        return self.conv(x)
-
-    def features_from_trunk(self, t: Tensor) -> Tensor:
-        """``[B, trunk_features]`` -> ``[B, hidden]``."""
-        return self.fc(t)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        """``x: [B, C, H, W]`` float -> ``[B, hidden]``."""
-        return self.fc(self.conv(x))
 
 
 class LeNet5(Backbone):
