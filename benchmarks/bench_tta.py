@@ -41,7 +41,7 @@ import torch
 from PIL import Image, ImageOps
 
 from shiftlab.experiment.dispatch import run_recipe
-from shiftlab.experiment.report import write_benchmark
+from shiftlab.experiment.report import merge_rows, write_benchmark
 from shiftlab.experiment.run import RunOptions
 from shiftlab.stats import summarize
 
@@ -309,7 +309,7 @@ def main() -> None:
     old: dict[str, Any] = {}
     if args.out.is_file():
         old = json.loads(args.out.read_text(encoding="utf-8"))
-    rows = [r for r in old.get("rows", []) if r.get("part") not in parts]
+    rows: list[dict[str, Any]] = []
     ratios = {k: v for k, v in (old.get("ratios") or {}).items() if "memo_speed" not in parts}
     notes = {k: v for k, v in (old.get("part_notes") or {}).items() if k not in parts}
     if "mnist_c" in parts:
@@ -319,6 +319,7 @@ def main() -> None:
         new, ratios, notes["memo_speed"] = memo_speed(args)
         rows += [{**r, "part": "memo_speed"} for r in new]
     cmd = " ".join(["python", *sys.argv])
+    rows = merge_rows(args.out, rows, key=lambda r: r.get("part"))  # rows of the parts not run are kept
     write_benchmark(args.out, "tta", cmd, rows, ratios, " ".join(notes.values()))
     doc = json.loads(args.out.read_text(encoding="utf-8"))
     doc["part_notes"] = notes

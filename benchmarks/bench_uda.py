@@ -20,7 +20,6 @@ look; then the JSON says so in its command and notes).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 import torch
 
 from shiftlab.config import load_recipe, parse_override
-from shiftlab.experiment.report import write_benchmark
+from shiftlab.experiment.report import merge_rows, write_benchmark
 from shiftlab.experiment.run import Experiment, RunOptions
 from shiftlab.stats import summarize
 
@@ -108,11 +107,8 @@ def main() -> None:
     cmd = " ".join(["python", *sys.argv])
     for r in rows:
         r["command"] = cmd
-    done = {(r["task_key"], r["method"]) for r in rows}
-    out = Path(args.out)
-    if out.is_file():  # rows of other (task, method) pairs from earlier invocations are kept
-        earlier = json.loads(out.read_text(encoding="utf-8")).get("rows", [])
-        rows = [r for r in earlier if (r.get("task_key"), r.get("method")) not in done] + rows
+    # rows of other (task, method) pairs from earlier invocations are kept
+    rows = merge_rows(args.out, rows, key=lambda r: (r.get("task_key"), r.get("method")))
     write_benchmark(
         args.out, "uda", cmd, rows,
         notes=("Target accuracy = the recipe's first evaluation set; target labels are never used for "

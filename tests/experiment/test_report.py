@@ -16,6 +16,7 @@ from shiftlab.errors import ShiftlabError
 from shiftlab.experiment.report import (
     aggregate,
     collect,
+    merge_rows,
     render_benchmark,
     report,
     scan,
@@ -253,6 +254,24 @@ def test_benchmark_json_round_trip(tmp_path: Path) -> None:
     bad.write_text("{")
     with pytest.raises(ShiftlabError, match="Cannot read"):
         render_benchmark(bad)
+
+
+def test_merge_rows_keeps_earlier_rows_that_are_not_measured_again(tmp_path: Path) -> None:
+    path = tmp_path / "uda.json"
+    key = lambda r: (r["task_key"], r["method"])  # noqa: E731
+    assert merge_rows(path, [{"task_key": "a", "method": "dann", "mean": 0.5}], key) == [
+        {"task_key": "a", "method": "dann", "mean": 0.5}]
+    first = [{"task": "a", "task_key": "a", "method": m, "metric": "acc", "mean": v}
+             for m, v in (("dann", 0.5), ("mcc", 0.6))]
+    write_benchmark(path, "uda", "cmd 1", first)
+    merged = merge_rows(path, [{"task": "a", "task_key": "a", "method": "dann", "metric": "acc", "mean": 0.7},
+                               {"task": "b", "task_key": "b", "method": "dann", "metric": "acc", "mean": 0.8}], key)
+    assert [(r["task_key"], r["method"], r["mean"]) for r in merged] == [
+        ("a", "mcc", 0.6), ("a", "dann", 0.7), ("b", "dann", 0.8)]
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="not a benchmark JSON"):
+        merge_rows(path, [], key)
+    assert path.read_text() == "{not json"
 
 
 def test_plot_helpers_write_valid_pngs(tmp_path: Path) -> None:

@@ -797,6 +797,37 @@ def _clean(v: Any) -> Any:
     return v
 
 
+def merge_rows(
+    path: str | os.PathLike[str],
+    rows: Sequence[Mapping[str, Any]],
+    key: Callable[[Mapping[str, Any]], Any],
+) -> list[dict[str, Any]]:
+    """The rows of an existing benchmark JSON that ``rows`` does not replace, then ``rows``.
+
+    Benchmarks that are run piece by piece (one task, method or part per invocation) keep
+    what earlier invocations measured: a row of ``path`` is dropped only when a new row has
+    the same ``key(row)``.
+
+    Args:
+        path: the benchmark JSON (absent: nothing to keep).
+        rows: the rows this invocation measured.
+        key: what identifies a row, e.g. ``lambda r: (r["task_key"], r["method"])``.
+
+    Raises:
+        ValueError: if ``path`` exists but is not a benchmark JSON (it is left untouched).
+    """
+    p = Path(path)
+    new = [dict(r) for r in rows]
+    if not p.is_file():
+        return new
+    try:
+        earlier = json.loads(p.read_text(encoding="utf-8")).get("rows", [])
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise ValueError(f"{p} is not a benchmark JSON ({exc}); move it away or pass another --out") from exc
+    replaced = {key(r) for r in new}
+    return [dict(r) for r in earlier if key(r) not in replaced] + new
+
+
 def write_benchmark(
     path: str | os.PathLike[str],
     name: str,
