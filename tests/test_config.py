@@ -88,3 +88,15 @@ def test_every_bundled_recipe_validates() -> None:
             make_hparams(other, hp)
         for name in [rec.data.source, rec.data.target, *(e.name for e in rec.data.eval)]:
             assert name is None or name in DATASETS or ":" in name, (f, name)
+
+
+def test_eval_sets_with_other_batchnorm_statistics_are_keyed_apart_and_need_their_data() -> None:
+    rec, _ = load_recipe({"name": "x", "data": {"source": "mnist", "target": "mnist_m", "eval": [
+        {"name": "mnist_m", "bn": "target"}, {"name": "mnist_m"}, {"name": "mnist", "bn": "source"}]}})
+    assert [e.key for e in rec.data.eval] == ["mnist_m/test+target_bn", "mnist_m/test", "mnist/test+source_bn"]
+    with pytest.raises(RecipeError, match="bn: target, but data.target is not set"):
+        load_recipe({"name": "x", "data": {"source": "mnist", "eval": [{"name": "usps", "bn": "target"}]}})
+    with pytest.raises(RecipeError, match="lists usps/test more than once"):
+        load_recipe({"name": "x", "data": {"source": "mnist", "eval": [{"name": "usps"}, {"name": "usps"}]}})
+    with pytest.raises(RecipeError, match="bn"):
+        load_recipe({"name": "x", "data": {"source": "mnist", "eval": [{"name": "usps", "bn": "both"}]}})

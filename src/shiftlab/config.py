@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import pydantic
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from shiftlab.errors import RecipeError
 
@@ -51,18 +51,29 @@ class StrictModel(BaseModel):
 
 
 class EvalSet(StrictModel):
-    """One evaluation set: a dataset split, optionally under a shift."""
+    """One evaluation set: a dataset split, optionally under a shift.
+
+    Attributes:
+        bn: the BatchNorm statistics the network is evaluated with: ``running`` (the running
+            averages of training, the default), ``target`` or ``source`` (the population
+            statistics of the recipe's unlabelled target / labelled source training images,
+            recomputed for this evaluation: AdaBN, Li et al. 2018; no labels are read).
+            Networks without BatchNorm give the same number either way. A set with
+            ``bn: target`` is keyed ``<name>/<split>+target_bn``.
+    """
 
     name: str
     split: str = "test"
     shift: str | None = None
     severity: int = Field(default=0, ge=0, le=5)
     limit: int | None = Field(default=None, ge=1, description="use only the first N items")
+    bn: Literal["running", "target", "source"] = "running"
 
     @property
     def key(self) -> str:
         base = f"{self.name}/{self.split}"
-        return f"{base}+{self.shift}@{self.severity}" if self.shift else base
+        base = f"{base}+{self.shift}@{self.severity}" if self.shift else base
+        return base if self.bn == "running" else f"{base}+{self.bn}_bn"
 
 
 class DataCfg(StrictModel):
@@ -92,6 +103,17 @@ class DataCfg(StrictModel):
     channels: Literal[1, 3] = 3
     val_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
     limit_train: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _target_bn_needs_a_target(self) -> DataCfg:
+        if self.target is None and any(ev.bn == "target" for ev in self.eval):
+            raise ValueError("an eval set has bn: target, but data.target is not set (the target "
+                             "BatchNorm statistics come from the unlabelled target training images)")
+        keys = [ev.key for ev in self.eval]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            raise ValueError(f"data.eval lists {', '.join(twice)} more than once")
+        return self
 
 
 class BackboneCfg(StrictModel):

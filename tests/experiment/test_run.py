@@ -152,3 +152,53 @@ def test_train_augment_presets_and_a_clear_error_for_an_unknown_one(tmp_path: Pa
     assert m["metrics"]["digits/test/acc"] > 0.3  # learns through the strong augmentation (chance 0.1)
     with pytest.raises(ShiftlabError, match="digits_uda, digits_strong"):
         _exp(tmp_path / "bad", ["train.augment=colour_magic"]).run_seed(0)
+
+
+UDA_BN = {
+    "name": "tiny-uda",
+    "data": {
+        "source": "digits", "target": "digits_m", "channels": 3, "image_size": 28,
+        "eval": [{"name": "digits_m", "split": "test"}, {"name": "digits", "split": "test"}],
+    },
+    "backbone": {"name": "ganin_cnn", "args": {"norm": True}},
+    "method": {"name": "dann", "hparams": {"domain_forward": "separate"}},
+    "train": {"epochs": 2, "batch_size": 32, "lr": 0.001},
+    "seeds": [0],
+}
+
+
+def test_a_finished_run_is_scored_later_on_added_eval_sets_including_target_batchnorm(tmp_path: Path) -> None:
+    opts = RunOptions(runs_dir=tmp_path / "runs", progress=False, resume=True)
+    rec, ov = load_recipe(UDA_BN)
+    first = Experiment(rec, ov, opts).run_seed(0)
+    before = (Experiment(rec, ov, opts).run_dir(0) / "checkpoint.safetensors").read_bytes()
+    added = {**UDA_BN, "data": {**UDA_BN["data"], "eval": [
+        {"name": "digits_m", "split": "test", "bn": "target"}, *UDA_BN["data"]["eval"],
+        {"name": "digits", "split": "test", "bn": "source"}]}}
+    rec2, ov2 = load_recipe(added)
+    assert [e.key for e in rec2.data.eval][0] == "digits_m/test+target_bn"
+    exp = Experiment(rec2, ov2, opts)
+    later = exp.run_seed(0)
+    m = later["metrics"]
+    assert later["evaluated_later"] == ["digits_m/test+target_bn/acc", "digits/test+source_bn/acc"]
+    # the scores measured during training stay as they were; the new ones are real accuracies
+    assert {k: m[k] for k in first["metrics"]} == first["metrics"]
+    assert m["digits_m/test+target_bn/acc"] != m["digits_m/test/acc"]  # other BN statistics, other predictions
+    assert m["digits_m/test+target_bn/acc"] > 0.2 and m["digits/test+source_bn/acc"] > 0.5
+    assert json.loads((exp.run_dir(0) / "metrics.json").read_text()) == later
+    assert (exp.run_dir(0) / "checkpoint.safetensors").read_bytes() == before
+    assert Experiment(rec2, ov2, opts).run_seed(0) == later  # nothing left to score: unchanged
+    changed = {**added, "train": {**added["train"], "lr": 0.01}}
+    rec3, ov3 = load_recipe(changed)
+    with pytest.raises(RunExists, match="recipe changed.*train"):
+        Experiment(rec3, ov3, opts).run_seed(0)
+
+
+def test_late_scoring_refuses_a_run_whose_selected_epoch_is_not_the_checkpoint(tmp_path: Path) -> None:
+    opts = RunOptions(runs_dir=tmp_path / "runs", progress=False, resume=True)
+    rec, ov = load_recipe(TINY, ["selection=source_val", "data.val_fraction=0.2"])
+    Experiment(rec, ov, opts).run_seed(0)
+    more = {**TINY, "data": {**TINY["data"], "eval": [*TINY["data"]["eval"], {"name": "digits_m", "split": "train"}]}}
+    rec2, ov2 = load_recipe(more, ["selection=source_val", "data.val_fraction=0.2"])
+    with pytest.raises(ShiftlabError, match="digits_m/train.*selection rule.*--overwrite"):
+        Experiment(rec2, ov2, opts).run_seed(0)

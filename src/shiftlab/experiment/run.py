@@ -29,9 +29,10 @@ from torch import nn
 
 from shiftlab.backbones import create_backbone
 from shiftlab.batches import DomainPair, Labeled
-from shiftlab.config import Recipe, overrides_id, variant_label
+from shiftlab.config import EvalSet, Recipe, overrides_id, variant_label
 from shiftlab.data.tensors import TensorData
 from shiftlab.errors import ShiftlabError, TrainingError
+from shiftlab.experiment.bn_stats import population_batchnorm
 from shiftlab.experiment.data import RunData, build_run_data
 from shiftlab.experiment.distributed import Distributed
 from shiftlab.experiment.lock import run_lock
@@ -136,6 +137,51 @@ def accuracy(
         correct += (forward(x).argmax(dim=1) == batch.y).sum().item()
     model.train(was)
     return correct / max(len(data), 1)
+
+
+def evaluate_sets(
+    model: Method | nn.Module, data: RunData, sets: Sequence[EvalSet], batch_size: int, device: torch.device,
+    channels_last: bool = False,
+) -> dict[str, float]:
+    """``{"<key>/acc": accuracy}`` for the recipe's evaluation ``sets`` (their tensors are
+    ``data.evals[key]``); sets with ``bn: target`` / ``source`` are scored with the BatchNorm
+    statistics of ``data.target`` / ``data.train`` (:func:`population_batchnorm`), computed
+    once per evaluation."""
+    out: dict[str, float] = {}
+    for bn in ("running", "target", "source"):
+        chosen = [ev for ev in sets if ev.bn == bn]
+        if not chosen:
+            continue
+        if bn == "running":
+            for ev in chosen:
+                out[f"{ev.key}/acc"] = accuracy(model, data.evals[ev.key], batch_size, device, channels_last)
+            continue
+        images = data.target if bn == "target" else data.train
+        if images is None:
+            raise ShiftlabError(f"evaluation with bn: {bn} needs the recipe's {bn} training set, which is not loaded.")
+        with population_batchnorm(model, images, batch_size, device, channels_last):
+            for ev in chosen:
+                out[f"{ev.key}/acc"] = accuracy(model, data.evals[ev.key], batch_size, device, channels_last)
+    return {f"{ev.key}/acc": out[f"{ev.key}/acc"] for ev in sets}  # recipe order
+
+
+def _with_current_defaults(old: dict[str, Any]) -> dict[str, Any]:
+    """A config.yaml written by an older shiftlab, with the fields added since then at their
+    defaults (recipe sections and the method's hyper-parameters), so that a resume compares
+    what the user wrote and not what the library grew."""
+    old = dict(old)
+    try:
+        fields = {k: old[k] for k in Recipe.model_fields if k in old}
+        fields["method"] = {**(old.get("method") or {}), "hparams": {}}
+        dumped = Recipe.model_validate(fields).model_dump(mode="json")
+    except (TypeError, ValueError):
+        return old
+    hparams = (old.get("method") or {}).get("hparams") or {}
+    try:
+        dumped["method"]["hparams"] = _plain(make_hparams(dumped["method"]["name"], hparams))
+    except Exception:  # an unknown method or field: compare as written
+        dumped["method"]["hparams"] = hparams
+    return {**old, **{k: dumped[k] for k in fields}}
 
 
 def _plain(obj: Any) -> Any:
@@ -268,7 +314,7 @@ class Experiment:
             finished, resuming = self.dist.broadcast_object((finished, resuming))
             self.dist.check_batch(self.recipe.train.batch_size)
         if finished is not None:
-            return finished
+            return self._evaluate_later(out, finished, seed)
 
         seed_everything(seed)
         device = resolve_device(self.options.device or self.recipe.device)
@@ -335,6 +381,40 @@ class Experiment:
             self.dist.broadcast_object(metrics)
         return metrics
 
+    def _evaluate_later(self, out: Path, finished: dict[str, Any], seed: int) -> dict[str, Any]:
+        """A finished run whose recipe gained evaluation sets (and nothing else changed) is
+        scored on them from its final checkpoint; ``metrics.json`` gets the new keys and
+        lists them under ``evaluated_later``."""
+        if self.main:
+            self._check_same_recipe(out / "config.yaml", self._recipe_config(seed), ignore_eval=True)
+        have = finished.get("metrics", {})
+        wanted = [ev for ev in self.recipe.data.eval if f"{ev.key}/acc" not in have]
+        if not wanted or self.dist is not None:
+            return finished
+        names = ", ".join(ev.key for ev in wanted)
+        if self.recipe.selection != "last":
+            raise ShiftlabError(
+                f"The finished run {out} has no score for {names}, and its selection rule "
+                f"({self.recipe.selection}) picked epoch {finished.get('selected_epoch')}, whose weights "
+                "are not kept (the checkpoint is the last epoch). Run it again with --overwrite."
+            )
+        ckpt = out / "checkpoint"
+        if not ckpt.with_suffix(".json").exists():
+            raise ShiftlabError(f"The finished run {out} has no checkpoint to score {names} with; "
+                                "run it again with --overwrite.")
+        seed_everything(seed)
+        device = resolve_device(self.options.device or self.recipe.device)
+        data = build_run_data(self.recipe, seed, self.options.data_dir, self.options.download)
+        self.channels_last = use_channels_last(self.options.channels_last, device) and data.train.x.dim() == 4
+        method = self._build_method(data, device)
+        self._restore(method, ckpt, device)
+        new = evaluate_sets(method, data, wanted, self.options.eval_batch_size, device, self.channels_last)
+        later = [*finished.get("evaluated_later", []), *new]
+        updated = {**finished, "metrics": {**have, **new}, "evaluated_later": later}
+        atomic_write_json(out / "metrics.json", updated)
+        log.info("scored the finished run %s on %s from its checkpoint", out, names)
+        return updated
+
     # ------------------------------------------------------------------ pieces
     def _build_method(self, data: RunData, device: torch.device) -> Method:
         r = self.recipe
@@ -358,13 +438,18 @@ class Experiment:
             method = method.to(memory_format=torch.channels_last)
         return method
 
-    def _resolved_config(self, seed: int, device: torch.device, data: RunData) -> dict[str, Any]:
+    def _recipe_config(self, seed: int) -> dict[str, Any]:
+        """The run's config.yaml without its ``resolved`` part (what a resume compares)."""
         cfg = self.recipe.model_dump(mode="json")
         cfg["seed"] = seed
         cfg["method"]["hparams"] = _plain(make_hparams(self.recipe.method.name, self.recipe.effective_hparams()))
         cfg["overrides"] = self.overrides
         cfg["variant"] = variant_label(self.overrides)
         cfg["selection_rule"] = self.recipe.selection_rule
+        return cfg
+
+    def _resolved_config(self, seed: int, device: torch.device, data: RunData) -> dict[str, Any]:
+        cfg = self._recipe_config(seed)
         cfg["resolved"] = {
             "device": str(device),
             "channels_last": self.channels_last,
@@ -379,14 +464,19 @@ class Experiment:
         }
         return cfg
 
-    def _check_same_recipe(self, path: Path, config: dict[str, Any]) -> None:
-        """Refuse to resume a run whose recipe changed (a silent mix of two configs)."""
+    def _check_same_recipe(self, path: Path, config: dict[str, Any], ignore_eval: bool = False) -> None:
+        """Refuse to resume a run whose recipe changed (a silent mix of two configs); with
+        ``ignore_eval``, the evaluation sets may differ."""
         import yaml
 
         try:
             old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError):
             return
+        old = _with_current_defaults(old)
+        if ignore_eval:
+            old = {**old, "data": {k: v for k, v in (old.get("data") or {}).items() if k != "eval"}}
+            config = {**config, "data": {k: v for k, v in config["data"].items() if k != "eval"}}
         ignore = {"seeds", "device", "resolved", "description"}
         changed = sorted(k for k in set(old) | set(config) if k not in ignore and old.get(k) != config.get(k))
         if changed:
@@ -522,8 +612,7 @@ class Experiment:
         cl = self.channels_last
         if data.val is not None:
             metrics["source_val/acc"] = accuracy(method, data.val, bs, device, cl)
-        for key, ev in data.evals.items():
-            metrics[f"{key}/acc"] = accuracy(method, ev, bs, device, cl)
+        metrics.update(evaluate_sets(method, data, self.recipe.data.eval, bs, device, cl))
         return {"epoch": epoch, "step": step, "elapsed_s": round(elapsed, 3), "metrics": metrics}
 
     def _select(self, records: list[dict[str, Any]]) -> dict[str, Any]:
