@@ -168,6 +168,24 @@ def test_ganin_cnn_is_the_papers_mnist_network() -> None:
         create_backbone("ganin_cnn", image_size=12)
 
 
+def test_ganin_cnn_input_norm_ignores_each_images_colour_and_contrast_and_keeps_the_keys() -> None:
+    torch.manual_seed(0)
+    plain = create_backbone("ganin_cnn", in_chans=3, image_size=32)
+    inorm = create_backbone("ganin_cnn", in_chans=3, image_size=32, input_norm=True)
+    assert list(inorm.state_dict()) == list(plain.state_dict()) and _n_params(inorm) == _n_params(plain)
+    inorm.load_state_dict(plain.state_dict())
+    x = torch.rand(4, 3, 32, 32)
+    # a per-image, per-channel gain and offset (a photo background's tint, inverted contrast excluded)
+    gain = torch.rand(4, 3, 1, 1) * 2 + 0.2
+    offset = torch.rand(4, 3, 1, 1) - 0.5
+    inorm.eval()
+    plain.eval()
+    assert torch.allclose(inorm(gain * x + offset), inorm(x), atol=1e-4)
+    assert not torch.allclose(plain(gain * x + offset), plain(x), atol=1e-2)
+    standard = (x - x.mean(dim=(2, 3), keepdim=True)) / (x.var(dim=(2, 3), unbiased=False, keepdim=True) + 1e-5).sqrt()
+    assert torch.allclose(inorm(x), plain(standard), atol=1e-4)
+
+
 def test_dann_cnn_norm_has_batchnorm_everywhere() -> None:
     m = create_backbone("dann_cnn", norm=True)
     kinds = [type(x) for x in m.modules()]
