@@ -85,7 +85,7 @@ class _ConvThenFC(Backbone):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``x: [B, C, H, W]`` float -> ``[B, hidden]``."""
-        return self.fc(self.conv(self.prep(x)))
+        return self.fc(self.forward_trunk(x))
 
 
 class GaninCNN(_ConvThenFC):

@@ -20,6 +20,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -152,14 +153,10 @@ def evaluate_sets(
         chosen = [ev for ev in sets if ev.bn == bn]
         if not chosen:
             continue
-        if bn == "running":
-            for ev in chosen:
-                out[f"{ev.key}/acc"] = accuracy(model, data.evals[ev.key], batch_size, device, channels_last)
-            continue
-        images = data.target if bn == "target" else data.train
-        if images is None:
-            raise ShiftlabError(f"evaluation with bn: {bn} needs the recipe's {bn} training set, which is not loaded.")
-        with population_batchnorm(model, images, batch_size, device, channels_last):
+        images = data.target if bn == "target" else data.train  # recipes with bn: target have a target
+        stats = nullcontext() if bn == "running" else population_batchnorm(
+            model, images, batch_size, device, channels_last)  # type: ignore[arg-type]
+        with stats:
             for ev in chosen:
                 out[f"{ev.key}/acc"] = accuracy(model, data.evals[ev.key], batch_size, device, channels_last)
     return {f"{ev.key}/acc": out[f"{ev.key}/acc"] for ev in sets}  # recipe order
@@ -316,13 +313,7 @@ class Experiment:
         if finished is not None:
             return self._evaluate_later(out, finished, seed)
 
-        seed_everything(seed)
-        device = resolve_device(self.options.device or self.recipe.device)
-        if self.dist is not None:
-            device = self.dist.device(device)
-        data = build_run_data(self.recipe, seed, self.options.data_dir, self.options.download)
-        self.channels_last = use_channels_last(self.options.channels_last, device) and data.train.x.dim() == 4
-        method = self._build_method(data, device)
+        device, data, method = self._setup(seed)
         config = self._resolved_config(seed, device, data)
         if resuming and self.main:
             self._check_same_recipe(out / "config.yaml", config)
@@ -402,11 +393,7 @@ class Experiment:
         if not ckpt.with_suffix(".json").exists():
             raise ShiftlabError(f"The finished run {out} has no checkpoint to score {names} with; "
                                 "run it again with --overwrite.")
-        seed_everything(seed)
-        device = resolve_device(self.options.device or self.recipe.device)
-        data = build_run_data(self.recipe, seed, self.options.data_dir, self.options.download)
-        self.channels_last = use_channels_last(self.options.channels_last, device) and data.train.x.dim() == 4
-        method = self._build_method(data, device)
+        device, data, method = self._setup(seed)
         self._restore(method, ckpt, device)
         new = evaluate_sets(method, data, wanted, self.options.eval_batch_size, device, self.channels_last)
         later = [*finished.get("evaluated_later", []), *new]
@@ -416,6 +403,16 @@ class Experiment:
         return updated
 
     # ------------------------------------------------------------------ pieces
+    def _setup(self, seed: int) -> tuple[torch.device, RunData, Method]:
+        """Seed, device, data and a freshly built method for ``seed``."""
+        seed_everything(seed)
+        device = resolve_device(self.options.device or self.recipe.device)
+        if self.dist is not None:
+            device = self.dist.device(device)
+        data = build_run_data(self.recipe, seed, self.options.data_dir, self.options.download)
+        self.channels_last = use_channels_last(self.options.channels_last, device) and data.train.x.dim() == 4
+        return device, data, self._build_method(data, device)
+
     def _build_method(self, data: RunData, device: torch.device) -> Method:
         r = self.recipe
         args = {"in_chans": r.data.channels, "num_classes": data.num_classes, "image_size": r.data.image_size}
@@ -475,8 +472,10 @@ class Experiment:
             return
         old = _with_current_defaults(old)
         if ignore_eval:
-            old = {**old, "data": {k: v for k, v in (old.get("data") or {}).items() if k != "eval"}}
-            config = {**config, "data": {k: v for k, v in config["data"].items() if k != "eval"}}
+            def without_eval(c: dict[str, Any]) -> dict[str, Any]:
+                return {**c, "data": {k: v for k, v in (c.get("data") or {}).items() if k != "eval"}}
+
+            old, config = without_eval(old), without_eval(config)
         ignore = {"seeds", "device", "resolved", "description"}
         changed = sorted(k for k in set(old) | set(config) if k not in ignore and old.get(k) != config.get(k))
         if changed:
