@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from shiftlab.data.tensors import TensorData
+from shiftlab.experiment.layout import memory_format
 from shiftlab.methods.base import Method
 from shiftlab.methods.tta.common import batchnorm_layers
 
@@ -49,7 +50,6 @@ def population_batchnorm(
     if not layers:
         yield 0
         return
-    from shiftlab.experiment.run import memory_format
 
     saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone(), m.momentum)
              for m in layers]

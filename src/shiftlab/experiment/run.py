@@ -36,6 +36,7 @@ from shiftlab.errors import ShiftlabError, TrainingError
 from shiftlab.experiment.bn_stats import population_batchnorm
 from shiftlab.experiment.data import RunData, build_run_data
 from shiftlab.experiment.distributed import Distributed
+from shiftlab.experiment.layout import memory_format, use_channels_last
 from shiftlab.experiment.lock import run_lock
 from shiftlab.io import (
     append_jsonl,
@@ -109,18 +110,6 @@ def run_seeds_locked(
         with run_lock(folder(seed)):
             results.append(run(seed))
     return results
-
-
-def memory_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """``x`` in channels_last layout when asked and 4-D (other tensors unchanged)."""
-    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
-
-
-def use_channels_last(option: str, device: torch.device) -> bool:
-    """Resolve ``RunOptions.channels_last`` (``auto``: on CPU only)."""
-    if option not in ("auto", "on", "off"):
-        raise ShiftlabError(f"channels_last must be auto, on or off, got {option!r}.")
-    return option == "on" or (option == "auto" and device.type == "cpu")
 
 
 @torch.no_grad()
