@@ -14,7 +14,9 @@ Usage::
     python benchmarks/bench_uda.py --tasks mnist_to_mnistm,mnist_to_usps,usps_to_mnist --seeds 0 1 2
 
 ``--set KEY=VALUE`` overrides every recipe (e.g. ``--set train.epochs=10`` for a quick
-look; then the JSON says so in its command and notes).
+look; then the JSON says so in its command and notes). ``--label NAME`` keeps the rows of such
+a variant beside the recipe's own rows (rows are matched on task, method and label) and adds
+NAME to their method column in tables.
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ def main() -> None:
     ap.add_argument("--runs-dir", default=str(REPO / "benchmarks" / "runs"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "uda.json"))
+    ap.add_argument("--label", default=None,
+                    help="name of this variant (with --set): its rows are kept beside the recipe's own")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     common = dict(parse_override(s) for s in args.sets)
@@ -95,7 +99,8 @@ def main() -> None:
                 rows.append({
                     "task": f"{task}: {key.removesuffix('/acc')}" + (" (target)" if key == target_key else ""),
                     "task_key": task,
-                    "method": method, "metric": "accuracy", "mean": s.mean,
+                    "method": method if args.label is None else f"{method} [{args.label}]",
+                    "variant": args.label, "overrides": ov, "metric": "accuracy", "mean": s.mean,
                     "ci95": None if s.n < 2 else s.ci95, "n": s.n,
                     "seconds": sum(r["seconds"] for r in results) / len(results),
                     "epochs": recipe.train.epochs, "backbone": recipe.backbone.name,
@@ -108,7 +113,7 @@ def main() -> None:
     for r in rows:
         r["command"] = cmd
     # rows of other (task, method) pairs from earlier invocations are kept
-    rows = merge_rows(args.out, rows, key=lambda r: (r.get("task_key"), r.get("method")))
+    rows = merge_rows(args.out, rows, key=lambda r: (r.get("task_key"), r.get("method"), r.get("variant")))
     write_benchmark(
         args.out, "uda", cmd, rows,
         notes=("Target accuracy = the recipe's first evaluation set; target labels are never used for "

@@ -3,8 +3,14 @@
 Source model: see conftest.py (``dann_cnn`` + BatchNorm on the embedded digits, 16x16,
 about 97% clean test accuracy). Shift: ``contrast`` at severity 5 on the 450 test digits
 (seeded). Measured (online, batch 64, 2-core CPU shared with other jobs): source 30.9%,
-norm 96.7%, tent 96.7%, eata 96.7%, sar 96.7%, cotta 89.8%, shot 96.0%; memo (single point, B = 16,
-first 120 test digits) 35.0% vs source 30.8%.
+norm 96.7%, tent 96.7%, eata 96.7%, sar 96.7%, cotta 89.8%, shot 96.0%.
+
+MEMO (single point, B = 16, first 240 test digits): with the paper's BatchNorm prior N = 16 its
+gain on this tiny model depends on the source model's seed (measured over seeds 0-2: +3.8,
++1.2, -1.3 points), and CI's CPU trains a slightly different source model than this machine,
+so the test uses the weak prior N = 0.5 (the regime where MEMO wins on digits, see
+``memo_n1`` in README). Measured over source-model seeds 0-9 at N = 0.5: the smallest gain
+is +11.6 points (seed 1: 29.2% -> 40.8%); seed 0: 30.4% -> 70.4%.
 """
 
 from __future__ import annotations
@@ -63,13 +69,13 @@ def test_online_adaptation_beats_source_on_contrast5(
 def test_memo_single_sample_beats_source(source_model: Callable[[], Backbone],
                                          contrast5: list[StreamSegment]) -> None:
     seg = contrast5[0]
-    few = [StreamSegment(seg.name, seg.x[:120], seg.y[:120])]
+    few = [StreamSegment(seg.name, seg.x[:240], seg.y[:240])]
     src = run_protocol(create_method("source", backbone=source_model(), num_classes=10), few, "single")
     memo = create_method("memo", backbone=source_model(), num_classes=10,
-                         hparams={"n_augmentations": 16, "hflip": False, "crop_padding": 2})
+                         hparams={"n_augmentations": 16, "hflip": False, "crop_padding": 2, "bn_prior": 0.5})
     res = run_protocol(memo, few, "single")
-    assert res.batch_size == 1 and res.n == 120
-    assert res.accuracy >= src.accuracy + 0.03, f"memo {res.accuracy:.3f} vs source {src.accuracy:.3f}"
+    assert res.batch_size == 1 and res.n == 240
+    assert res.accuracy >= src.accuracy + 0.05, f"memo {res.accuracy:.3f} vs source {src.accuracy:.3f}"
 
 
 def test_tent_updates_only_batchnorm_affine_parameters(source_model: Callable[[], Backbone],
