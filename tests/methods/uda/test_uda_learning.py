@@ -1,15 +1,19 @@
 """UDA methods learn on the embedded digits -> digits_m pair (real images, no data folder).
 
-Alignment methods (DANN, CDAN, MCC, mi_align) run the DANN paper's network with BatchNorm
-(``ganin_cnn``, ``norm=True``) and forward source and target separately
-(``domain_forward='separate'``), 15 epochs, batch 32, seed 0; source only trains the same
-network. The target metric pools the unlabelled digits_m training digits the methods adapted
-on (transductive, 1,347) with the 450 test digits: 1,797 images. Measured 2026-12-03, one
-thread: source only 54.92%; dann (discriminator on the features) 61.71, cdan 60.43, mcc 62.27,
-mi_align 61.60% (seed 1: 56.48% source only, gains of 2.1 / 4.5 / 7.4 / 4.6 points). The
-discriminator's input (features rather than the convolutional trunk: 49.6-51.1% there) was
-chosen on seed 0 of this pair, so the margin asserted is a regression guard of 3 points, not
-a benchmark claim; MNIST-scale accuracy is benchmarked by benchmarks/bench_uda.py.
+Alignment methods (DANN, CDAN, MCC, mi_align) run the DANN paper's network with BatchNorm and
+per-image input standardisation (``ganin_cnn``, ``norm=True``, ``input_norm=True``) and
+forward source and target separately (``domain_forward='separate'``), 15 epochs, batch 32;
+source only trains the same network. The target metric pools the unlabelled digits_m training
+digits the methods adapted on (transductive, 1,347) with the 450 test digits: 1,797 images.
+On this small pair one seed's gain is noisy (2 to 13 points, and it moves by about 2 points
+between CPUs and processes), so the test asserts the gain of the mean over seeds 0 and 1.
+Measured 2026-12-04, one thread, seeds 0 / 1 / 2: source only 55.54 / 59.65 / 58.54%; dann
+(discriminator on the features) 62.94 / 66.61 / 61.60, cdan 59.82 / 66.17 / 62.44, mcc
+68.67 / 64.00 / 61.88, mi_align 63.38 / 66.00 / 62.94%: mean gains over seeds 0 and 1 of 7.2 /
+5.4 / 8.7 / 7.1 points. Without ``input_norm`` dann gained 2.1 to 4.7 points on seed 0 and
+lost 2.9 on seed 1 (CI failed on it once), and the discriminator's input (features rather than
+the trunk) was chosen on seed 0 of this pair, so the asserted 3 points are a regression guard,
+not a benchmark claim; MNIST-scale accuracy is benchmarked by benchmarks/bench_uda.py.
 
 AdaMatch is tested on LeNet (no BatchNorm, logit interpolation off): 50.7% -> 72.9% on the
 450 test digits after 10 epochs.
@@ -28,7 +32,7 @@ from shiftlab.methods.uda.diagnostics import proxy_a_distance
 
 
 def _run(tmp: Path, method: str, hparams: dict | None = None, epochs: int = 10,
-         backbone: dict | None = None) -> tuple[dict, Path]:
+         backbone: dict | None = None, seed: int = 0) -> tuple[dict, Path]:
     raw = {
         "name": f"uda-{method}",
         "data": {"source": "digits", "target": "digits_m", "image_size": 28, "channels": 3,
@@ -36,11 +40,11 @@ def _run(tmp: Path, method: str, hparams: dict | None = None, epochs: int = 10,
         "backbone": backbone or {"name": "lenet"},
         "method": {"name": method, "hparams": hparams or {}},
         "train": {"epochs": epochs, "batch_size": 32, "lr": 1e-3},
-        "seeds": [0],
+        "seeds": [seed],
     }
     rec, ov = load_recipe(raw)
     exp = Experiment(rec, ov, RunOptions(runs_dir=tmp / "runs", progress=False))
-    return exp.run_seed(0), exp.run_dir(0)
+    return exp.run_seed(seed), exp.run_dir(seed)
 
 
 def _pooled_target_accuracy(metrics: dict) -> float:
@@ -49,7 +53,8 @@ def _pooled_target_accuracy(metrics: dict) -> float:
     return (450 * m["digits_m/test/acc"] + 1347 * m["digits_m/train/acc"]) / 1797
 
 
-BN_NET = {"name": "ganin_cnn", "args": {"norm": True}}
+BN_NET = {"name": "ganin_cnn", "args": {"norm": True, "input_norm": True}}
+ALIGNMENT_SEEDS = (0, 1)
 ALIGNMENT = {
     "dann": {"domain_forward": "separate", "disc_input": "features"},
     "cdan": {"domain_forward": "separate"},
@@ -74,8 +79,11 @@ def source_only(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def source_only_bn(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return _run(tmp_path_factory.mktemp("so_bn"), "source_only", epochs=15, backbone=BN_NET)[0]
+def source_only_bn(tmp_path_factory: pytest.TempPathFactory) -> float:
+    """Mean pooled target accuracy of source only over :data:`ALIGNMENT_SEEDS`."""
+    tmp = tmp_path_factory.mktemp("so_bn")
+    return sum(_pooled_target_accuracy(_run(tmp, "source_only", epochs=15, backbone=BN_NET, seed=s)[0])
+               for s in ALIGNMENT_SEEDS) / len(ALIGNMENT_SEEDS)
 
 
 def test_every_uda_method_is_tested_for_learning() -> None:
@@ -86,11 +94,12 @@ def test_every_uda_method_is_tested_for_learning() -> None:
 
 
 @pytest.mark.parametrize("method", sorted(ALIGNMENT))
-def test_alignment_method_beats_source_only_on_digits_m_by_3_points(
-    tmp_path: Path, source_only_bn: dict, method: str
+def test_alignment_method_beats_source_only_on_digits_m_by_3_points_over_two_seeds(
+    tmp_path: Path, source_only_bn: float, method: str
 ) -> None:
-    m, _ = _run(tmp_path, method, ALIGNMENT[method], epochs=15, backbone=BN_NET)
-    so, ours = _pooled_target_accuracy(source_only_bn), _pooled_target_accuracy(m)
+    ours = sum(_pooled_target_accuracy(_run(tmp_path, method, ALIGNMENT[method], epochs=15, backbone=BN_NET, seed=s)[0])
+               for s in ALIGNMENT_SEEDS) / len(ALIGNMENT_SEEDS)
+    so = source_only_bn
     assert so > 0.40  # a real baseline, far above 10% chance
     assert ours >= so + 0.03, f"{method} {ours:.4f} vs source_only {so:.4f}"
 
