@@ -112,7 +112,7 @@ def main() -> None:
     cmd = " ".join(["python", *sys.argv])
     for r in rows:
         r["command"] = cmd
-    # rows of other (task, method) pairs from earlier invocations are kept
+    # rows of other (task, method, variant) triples from earlier invocations are kept
     rows = merge_rows(args.out, rows, key=lambda r: (r.get("task_key"), r.get("method"), r.get("variant")))
     write_benchmark(
         args.out, "uda", cmd, rows,

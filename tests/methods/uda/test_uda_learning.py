@@ -5,13 +5,13 @@ per-image input standardisation (``ganin_cnn``, ``norm=True``, ``input_norm=True
 forward source and target separately (``domain_forward='separate'``), 15 epochs, batch 32;
 source only trains the same network. The target metric pools the unlabelled digits_m training
 digits the methods adapted on (transductive, 1,347) with the 450 test digits: 1,797 images.
-On this small pair one seed's gain is noisy (2 to 13 points, and it moves by about 2 points
+On this small pair one seed's gain is noisy (3 to 13 points, and it moves by about 2 points
 between CPUs and processes), so the test asserts the gain of the mean over seeds 0 and 1.
 Measured 2026-12-04, one thread, seeds 0 / 1 / 2: source only 55.54 / 59.65 / 58.54%; dann
 (discriminator on the features) 62.94 / 66.61 / 61.60, cdan 59.82 / 66.17 / 62.44, mcc
 68.67 / 64.00 / 61.88, mi_align 63.38 / 66.00 / 62.94%: mean gains over seeds 0 and 1 of 7.2 /
-5.4 / 8.7 / 7.1 points. Without ``input_norm`` dann gained 2.1 to 4.7 points on seed 0 and
-lost 2.9 on seed 1 (CI failed on it once), and the discriminator's input (features rather than
+5.4 / 8.7 / 7.1 points. Without ``input_norm`` dann gained 1.6 to 6.8 points on seed 0 (across
+processes and days) and lost 2.9 on seed 1, and the discriminator's input (features rather than
 the trunk) was chosen on seed 0 of this pair, so the asserted 3 points are a regression guard,
 not a benchmark claim; MNIST-scale accuracy is benchmarked by benchmarks/bench_uda.py.
 
@@ -55,6 +55,12 @@ def _pooled_target_accuracy(metrics: dict) -> float:
 
 BN_NET = {"name": "ganin_cnn", "args": {"norm": True, "input_norm": True}}
 ALIGNMENT_SEEDS = (0, 1)
+
+
+def _mean_pooled_accuracy(tmp: Path, method: str, hparams: dict) -> float:
+    """Pooled target accuracy on :data:`BN_NET`, 15 epochs, averaged over :data:`ALIGNMENT_SEEDS`."""
+    return sum(_pooled_target_accuracy(_run(tmp, method, hparams, epochs=15, backbone=BN_NET, seed=s)[0])
+               for s in ALIGNMENT_SEEDS) / len(ALIGNMENT_SEEDS)
 ALIGNMENT = {
     "dann": {"domain_forward": "separate", "disc_input": "features"},
     "cdan": {"domain_forward": "separate"},
@@ -81,9 +87,7 @@ def source_only(tmp_path_factory: pytest.TempPathFactory) -> dict:
 @pytest.fixture(scope="module")
 def source_only_bn(tmp_path_factory: pytest.TempPathFactory) -> float:
     """Mean pooled target accuracy of source only over :data:`ALIGNMENT_SEEDS`."""
-    tmp = tmp_path_factory.mktemp("so_bn")
-    return sum(_pooled_target_accuracy(_run(tmp, "source_only", epochs=15, backbone=BN_NET, seed=s)[0])
-               for s in ALIGNMENT_SEEDS) / len(ALIGNMENT_SEEDS)
+    return _mean_pooled_accuracy(tmp_path_factory.mktemp("so_bn"), "source_only", {})
 
 
 def test_every_uda_method_is_tested_for_learning() -> None:
@@ -97,9 +101,7 @@ def test_every_uda_method_is_tested_for_learning() -> None:
 def test_alignment_method_beats_source_only_on_digits_m_by_3_points_over_two_seeds(
     tmp_path: Path, source_only_bn: float, method: str
 ) -> None:
-    ours = sum(_pooled_target_accuracy(_run(tmp_path, method, ALIGNMENT[method], epochs=15, backbone=BN_NET, seed=s)[0])
-               for s in ALIGNMENT_SEEDS) / len(ALIGNMENT_SEEDS)
-    so = source_only_bn
+    so, ours = source_only_bn, _mean_pooled_accuracy(tmp_path, method, ALIGNMENT[method])
     assert so > 0.40  # a real baseline, far above 10% chance
     assert ours >= so + 0.03, f"{method} {ours:.4f} vs source_only {so:.4f}"
 
